@@ -1,0 +1,1 @@
+"""Pipeline modules served by pipeserve, with the examples."""

@@ -1,0 +1,138 @@
+"""Where auth key hashes live: a JSON file (`pipeserve keys ...`) and a setting (a Secret).
+
+Auth is on whenever either holds a key. The server re-reads the file when its mtime
+changes, looked at no more than once a second, so `pipeserve keys revoke` takes effect
+in a running server without a restart and requests never pay for a `stat`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .auth import generate_key, hash_key, is_key_hash, matches
+from .files import NAME, write_private
+
+
+class KeyStoreError(Exception):
+    """A key command cannot be done; the message is one line for the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    name: str
+    hash: str
+    created_at: str
+    source: str = "file"
+
+
+def parse_hash_setting(value: str) -> list[KeyRecord]:
+    """`name:sha256:<hex>,...` from PIPESERVE_AUTH_KEY_HASHES; a bare hash gets a numbered name."""
+    records = []
+    for i, entry in enumerate(e.strip() for e in value.split(",")):
+        if not entry:
+            continue
+        name, sep, digest = entry.partition(":")
+        if sep and is_key_hash(digest):
+            records.append(KeyRecord(name, digest, "", "setting"))
+        elif is_key_hash(entry):
+            records.append(KeyRecord(f"setting-{i + 1}", entry, "", "setting"))
+        else:
+            raise ValueError(f"entry {i + 1} is not name:sha256:<64 hex digits>")
+    return records
+
+
+def hash_setting(entries: Iterable[tuple[str, str]], given: str = "") -> str:
+    """The PIPESERVE_AUTH_KEY_HASHES value that parse_hash_setting reads back: `given` (a
+    value of the setting), then `name:sha256:<hex>` for each (name, hash) of `entries`."""
+    return ",".join(filter(None, [given, *(f"{name}:{digest}" for name, digest in entries)]))
+
+
+class KeyFile:
+    """The keys file: only hashes, names and creation times; written atomically, mode 0600."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> list[KeyRecord]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            raise KeyStoreError(f"cannot read the keys file {self.path}: {exc}") from exc
+        return [
+            KeyRecord(**{k: v for k, v in item.items() if k != "source"}) for item in data["keys"]
+        ]
+
+    def _save(self, records: list[KeyRecord]) -> None:
+        document = {
+            "keys": [{k: v for k, v in asdict(r).items() if k != "source"} for r in records]
+        }
+        write_private(self.path, json.dumps(document, indent=2))
+
+    def create(self, name: str | None = None) -> tuple[str, KeyRecord]:
+        records = self.load()
+        taken = {r.name for r in records}
+        if name is None:
+            n = len(records) + 1
+            while f"key-{n}" in taken:
+                n += 1
+            name = f"key-{n}"
+        if not NAME.match(name):
+            raise KeyStoreError(
+                f"'{name}' is not a key name: use letters, digits, '.', '_' and '-'"
+            )
+        if name in taken:
+            raise KeyStoreError(
+                f"a key named '{name}' exists: revoke it first, or pick another name"
+            )
+        key = generate_key()
+        record = KeyRecord(name, hash_key(key), datetime.now(UTC).isoformat())
+        self._save([*records, record])
+        return key, record
+
+    def revoke(self, name: str) -> None:
+        records = self.load()
+        kept = [r for r in records if r.name != name]
+        if len(kept) == len(records):
+            raise KeyStoreError(f"no key named '{name}' in {self.path}")
+        self._save(kept)
+
+
+class KeyRing:
+    """The valid hashes for one server process."""
+
+    def __init__(self, file: KeyFile, setting_records: list[KeyRecord]) -> None:
+        self.file = file
+        self._setting = [r.hash for r in setting_records]
+        self._hashes: tuple[str, ...] = tuple(self._setting)
+        self._mtime: float | None = None
+        self._checked = 0.0
+        self.refresh(force=True)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._hashes)
+
+    def refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._checked < 1.0:
+            return
+        self._checked = now
+        try:
+            mtime: float | None = self.file.path.stat().st_mtime
+        except FileNotFoundError:
+            mtime = None
+        if not force and mtime == self._mtime:
+            return
+        self._mtime = mtime
+        file_hashes = [r.hash for r in self.file.load()] if mtime is not None else []
+        self._hashes = tuple(self._setting + file_hashes)
+
+    def accepts(self, key: str) -> bool:
+        return matches(key, self._hashes)

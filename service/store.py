@@ -1,0 +1,636 @@
+"""The run store: runs and their events, in SQLite (default) or PostgreSQL, with SQLAlchemy Core.
+
+One code path serves both databases. The methods are blocking; the run manager calls them
+from its own small thread pool, never on the event loop. Timestamps are epoch seconds
+(floats): portable, cheap to compare, and rendered as ISO 8601 only at the HTTP edge.
+
+Claims are atomic on both databases: PostgreSQL takes the oldest queued run with
+`FOR UPDATE SKIP LOCKED`, so replicas never claim the same run; SQLite runs every writing
+transaction as `BEGIN IMMEDIATE`, so writers are serialized across processes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+metadata = sa.MetaData()
+
+# Integer keys that autoincrement on both databases (SQLite only for INTEGER PRIMARY KEY).
+_BigInt = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+runs = sa.Table(
+    "pipeserve_runs",
+    metadata,
+    sa.Column("seq", _BigInt, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(36), nullable=False, unique=True),
+    sa.Column("deployment_name", sa.String(255), nullable=False),
+    sa.Column("pipeline_name", sa.String(255), nullable=False),
+    sa.Column("pipeline_version", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("request", sa.JSON, nullable=False),
+    sa.Column("parameters_used", sa.JSON),
+    sa.Column("steps", sa.JSON),
+    sa.Column("outputs", sa.Text),
+    sa.Column("outputs_omitted", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("error", sa.JSON),
+    sa.Column("idempotency_key", sa.String(255)),
+    sa.Column("request_hash", sa.String(64)),
+    sa.Column("webhook_url", sa.Text),
+    sa.Column("webhook_status", sa.String(16)),
+    sa.Column("webhook_attempts", sa.JSON),
+    sa.Column("webhook_next_at", sa.Float),
+    sa.Column("owner", sa.String(64)),
+    sa.Column("lease_expires_at", sa.Float),
+    sa.Column("attempt", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("duration", sa.Float),
+    sa.UniqueConstraint("deployment_name", "idempotency_key", name="uq_pipeserve_runs_idempotency"),
+    sa.Index("ix_pipeserve_runs_deployment_status_seq", "deployment_name", "status", "seq"),
+    sa.Index("ix_pipeserve_runs_deployment_created", "deployment_name", "created_at"),
+)
+
+events = sa.Table(
+    "pipeserve_run_events",
+    metadata,
+    sa.Column("run_id", sa.String(36), primary_key=True),
+    sa.Column("event_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+)
+
+# A finished `/invoke` run: the columns the write-behind flush fills, in this order.
+FINISHED_COLUMNS = (
+    "run_id", "deployment_name", "pipeline_name", "pipeline_version", "kind", "status",
+    "request", "parameters_used", "steps", "outputs", "outputs_omitted", "error",
+    "created_at", "started_at", "finished_at", "updated_at", "duration",
+)  # fmt: skip
+_JSON_COLUMNS = frozenset(c.name for c in runs.c if isinstance(c.type, sa.JSON))
+
+ACTIVE = ("queued", "running")
+TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")
+
+# The columns a listing returns: everything but the (possibly large) outputs.
+_SUMMARY = [c for c in runs.c if c.name != "outputs"]
+
+
+class StoreError(Exception):
+    """The store cannot be opened or migrated; the message is one line for the user."""
+
+
+class QueueFull(Exception):
+    """As many runs are queued as the settings allow."""
+
+    def __init__(self, queued: int) -> None:
+        super().__init__(f"{queued} runs are queued")
+        self.queued = queued
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    run_id: str
+    event_id: int
+    kind: str
+    data: Mapping[str, Any]
+    at: float
+
+
+def _json_serializer(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def normalize_url(url: str) -> str:
+    """`postgresql://` (and Heroku's `postgres://`) use psycopg 3; other URLs pass as they are."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def default_sqlite_url(home: str | Path, deployment_name: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", deployment_name) or "pipeline"
+    return f"sqlite:///{Path(home) / 'runs' / safe}.db"
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and errors."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparsable database URL>"
+
+
+class RunStore:
+    """Blocking access to the runs of one deployment."""
+
+    def __init__(self, url: str, deployment_name: str) -> None:
+        self.url = normalize_url(url)
+        self.deployment_name = deployment_name
+        try:
+            parsed = sa.make_url(self.url)
+        except sa.exc.ArgumentError as exc:
+            raise StoreError(f"database URL {redact(url)!r} is not valid: {exc}") from None
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        self.sqlite_path: Path | None = None
+        options: dict[str, Any] = {
+            "json_serializer": _json_serializer,
+            "json_deserializer": orjson.loads,
+        }
+        if self.is_sqlite:
+            if parsed.database and parsed.database != ":memory:":
+                self.sqlite_path = Path(parsed.database)
+                self.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+            options["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        else:
+            options["pool_pre_ping"] = True
+            options["pool_size"] = 5
+            options["max_overflow"] = 5
+        try:
+            self.engine: Engine = sa.create_engine(self.url, **options)
+        except Exception as exc:
+            raise StoreError(f"cannot open the database {redact(url)}: {exc}") from None
+        if self.is_sqlite:
+            _configure_sqlite(self.engine)
+        # Finished `/invoke` runs arrive by the hundred a flush: their insert is compiled
+        # once for this database and executed as the driver's executemany, without
+        # SQLAlchemy's per-row parameter processing (most of the flush's CPU otherwise).
+        compiled = (
+            runs.insert()
+            .values({name: sa.bindparam(name) for name in FINISHED_COLUMNS})
+            .compile(dialect=self.engine.dialect)
+        )
+        self._insert_finished = compiled.string
+        self._insert_order = compiled.positiontup if compiled.positional else None
+
+    # -- setup ----------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest version (Alembic), once across replicas."""
+        from .migrations import upgrade
+
+        try:
+            with self._migration_lock(), self.engine.connect() as conn:
+                if not self.is_sqlite:
+                    # Replicas starting together: one migrates, the others wait, then see it done.
+                    conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_KEY})
+                    conn.commit()
+                try:
+                    upgrade(conn)
+                    conn.commit()
+                finally:
+                    if not self.is_sqlite:
+                        conn.rollback()
+                        conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
+                        conn.commit()
+        except sa.exc.OperationalError as exc:
+            raise StoreError(
+                f"cannot reach the database {redact(self.url)}: {_first_line(exc)}"
+            ) from None
+
+    @contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        if self.sqlite_path is None:
+            yield
+            return
+        lock_path = self.sqlite_path.with_name(self.sqlite_path.name + ".migrate.lock")
+        with lock_path.open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(pipeserve_write=True)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def _mine(self) -> Any:
+        return runs.c.deployment_name == self.deployment_name
+
+    # -- writes ---------------------------------------------------------------------
+
+    def submit(
+        self, row: dict[str, Any], first_event: NewEvent, max_queued: int
+    ) -> tuple[dict[str, Any], bool]:
+        """Insert a queued run with its first event, unless `max_queued` runs wait already
+        (`QueueFull`). With an idempotency key already used, return that run instead.
+        Returns (run, created)."""
+        key = row.get("idempotency_key")
+        try:
+            with self._write() as conn:
+                if key is not None:
+                    existing = self._by_idempotency_key(conn, key)
+                    if existing is not None:
+                        return existing, False
+                queued = conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(runs)
+                    .where(self._mine(), runs.c.status == "queued")
+                ).scalar_one()
+                if queued >= max_queued:
+                    raise QueueFull(int(queued))
+                conn.execute(runs.insert().values(**row))
+                self._insert_events(conn, [first_event])
+        except sa.exc.IntegrityError:
+            # Another replica inserted the same key between our look and our insert.
+            with self._read() as conn:
+                existing = self._by_idempotency_key(conn, key)
+            if existing is None:
+                raise
+            return existing, False
+        return row, True
+
+    def _by_idempotency_key(self, conn: Connection, key: Any) -> dict[str, Any] | None:
+        found = conn.execute(
+            sa.select(runs).where(self._mine(), runs.c.idempotency_key == key)
+        ).first()
+        return dict(found._mapping) if found is not None else None
+
+    def write_batch(
+        self,
+        finished: Sequence[dict[str, Any]],
+        new_events: Sequence[NewEvent],
+        progress: Mapping[str, Mapping[str, Any]],
+        now: float,
+    ) -> None:
+        """One transaction for what the write-behind buffer holds: finished `/invoke` runs,
+        events of running runs, and their step records (so other replicas can show them)."""
+        if not (finished or new_events or progress):
+            return
+        with self._write() as conn:
+            if finished:
+                conn.exec_driver_sql(
+                    self._insert_finished, [self._finished_parameters(r) for r in finished]
+                )
+            if new_events:
+                self._insert_events(conn, new_events)
+            for run_id, steps in progress.items():
+                conn.execute(
+                    runs.update()
+                    .where(runs.c.run_id == run_id, runs.c.status == "running")
+                    .values(steps=dict(steps), updated_at=now)
+                )
+
+    def _finished_parameters(self, row: Mapping[str, Any]) -> Any:
+        values = {
+            name: _json_serializer(row[name])
+            if name in _JSON_COLUMNS and row[name] is not None
+            else row[name]
+            for name in FINISHED_COLUMNS
+        }
+        if self._insert_order is None:
+            return values
+        return tuple(values[name] for name in self._insert_order)
+
+    @staticmethod
+    def _insert_events(conn: Connection, new: Iterable[NewEvent]) -> None:
+        conn.execute(
+            events.insert(),
+            [
+                {"run_id": e.run_id, "event_id": e.event_id, "kind": e.kind, "data": dict(e.data),
+                 "at": e.at}
+                for e in new
+            ],
+        )  # fmt: skip
+
+    def claim_next(self, owner: str, now: float, lease: float) -> dict[str, Any] | None:
+        """Take the oldest queued run: it becomes `running`, owned by `owner` until `now + lease`."""
+        oldest = (
+            sa.select(runs.c.seq)
+            .where(self._mine(), runs.c.status == "queued")
+            .order_by(runs.c.seq)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        with self._write() as conn:
+            claimed = conn.execute(
+                runs.update()
+                .where(runs.c.seq == oldest, runs.c.status == "queued")
+                .values(
+                    status="running",
+                    owner=owner,
+                    lease_expires_at=now + lease,
+                    started_at=now,
+                    updated_at=now,
+                    attempt=runs.c.attempt + 1,
+                )
+                .returning(*runs.c)
+            ).first()
+            if claimed is None:
+                return None
+            row = dict(claimed._mapping)
+            row["next_event_id"] = self._next_event_id(conn, row["run_id"])
+            return row
+
+    def renew_leases(
+        self, owner: str, run_ids: Sequence[str], now: float, lease: float
+    ) -> tuple[set[str], set[str]]:
+        """Extend the leases of our running runs. Returns (cancel requested, lost): runs a
+        caller asked to cancel, and runs that are no longer ours (taken over after a stall)."""
+        if not run_ids:
+            return set(), set()
+        with self._write() as conn:
+            conn.execute(
+                runs.update()
+                .where(
+                    runs.c.run_id.in_(run_ids), runs.c.owner == owner, runs.c.status == "running"
+                )
+                .values(lease_expires_at=now + lease)
+            )
+            found = conn.execute(
+                sa.select(
+                    runs.c.run_id, runs.c.owner, runs.c.status, runs.c.cancel_requested
+                ).where(runs.c.run_id.in_(run_ids))
+            ).all()
+        cancel = {r.run_id for r in found if r.cancel_requested}
+        ours = {r.run_id for r in found if r.owner == owner and r.status == "running"}
+        return cancel, set(run_ids) - ours
+
+    def finish(
+        self, run_id: str, owner: str | None, values: dict[str, Any], event: NewEvent
+    ) -> bool:
+        """Record a run's end and its terminal event, if it is still ours (or still queued)."""
+        with self._write() as conn:
+            where = [runs.c.run_id == run_id, runs.c.status.in_(ACTIVE)]
+            if owner is not None:
+                where.append(runs.c.owner == owner)
+            done = conn.execute(runs.update().where(*where).values(**values)).rowcount
+            if done:
+                self._insert_events(conn, [event])
+            return bool(done)
+
+    def cancel_queued(self, run_id: str, now: float, webhook: bool) -> bool:
+        """Cancel a run that no replica has claimed yet; False if it is not queued."""
+        with self._write() as conn:
+            done = conn.execute(
+                runs.update()
+                .where(self._mine(), runs.c.run_id == run_id, runs.c.status == "queued")
+                .values(
+                    status="cancelled",
+                    cancel_requested=True,
+                    finished_at=now,
+                    updated_at=now,
+                    **webhook_due(now, webhook),
+                )
+            ).rowcount
+            if done:
+                event_id = self._next_event_id(conn, run_id)
+                self._insert_events(
+                    conn,
+                    [NewEvent(run_id, event_id, "cancelled",
+                              {"run_id": run_id, "status": "cancelled", "at": now}, now)],
+                )  # fmt: skip
+            return bool(done)
+
+    def request_cancel(self, run_id: str, now: float) -> bool:
+        with self._write() as conn:
+            return bool(
+                conn.execute(
+                    runs.update()
+                    .where(self._mine(), runs.c.run_id == run_id, runs.c.status == "running")
+                    .values(cancel_requested=True, updated_at=now)
+                ).rowcount
+            )
+
+    def recover_expired(self, now: float, requeue: bool) -> tuple[list[str], list[str]]:
+        """Runs whose owner stopped renewing its lease (it died): requeue them when the
+        pipeline is safe to retry, otherwise fail them as `interrupted`.
+        Returns (requeued, failed) run ids."""
+        requeued: list[str] = []
+        failed: list[str] = []
+        with self._write() as conn:
+            expired = conn.execute(
+                sa.select(runs.c.run_id, runs.c.started_at, runs.c.webhook_url, runs.c.steps)
+                .where(self._mine(), runs.c.status == "running", runs.c.lease_expires_at < now)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for row in expired:
+                if requeue:
+                    self._requeue(conn, row.run_id, now)
+                    requeued.append(row.run_id)
+                    continue
+                values = interrupted_values(now, row.started_at, row.steps, bool(row.webhook_url))
+                conn.execute(runs.update().where(runs.c.run_id == row.run_id).values(**values))
+                event_id = self._next_event_id(conn, row.run_id)
+                data = {"run_id": row.run_id, "status": "failed", "error": values["error"],
+                        "at": now}  # fmt: skip
+                self._insert_events(conn, [NewEvent(row.run_id, event_id, "failed", data, now)])
+                failed.append(row.run_id)
+        return requeued, failed
+
+    def release(self, run_id: str, owner: str, now: float) -> bool:
+        """Put a run we own back in the queue (shutdown of a pipeline safe to retry)."""
+        with self._write() as conn:
+            return self._requeue(conn, run_id, now, owner)
+
+    def _requeue(self, conn: Connection, run_id: str, now: float, owner: str | None = None) -> bool:
+        """Back to `queued`, as if never started, with a `queued` event saying so."""
+        where = [runs.c.run_id == run_id, runs.c.status == "running"]
+        if owner is not None:
+            where.append(runs.c.owner == owner)
+        done = conn.execute(
+            runs.update()
+            .where(*where)
+            .values(status="queued", owner=None, lease_expires_at=None, started_at=None,
+                    steps=None, updated_at=now)
+        ).rowcount  # fmt: skip
+        if done:
+            data = {"run_id": run_id, "status": "queued", "requeued": True, "at": now}
+            event = NewEvent(run_id, self._next_event_id(conn, run_id), "queued", data, now)
+            self._insert_events(conn, [event])
+        return bool(done)
+
+    # -- webhooks -------------------------------------------------------------------
+
+    def claim_webhooks(self, now: float, hold: float, limit: int = 20) -> list[dict[str, Any]]:
+        """Terminal runs with a webhook due; each is held for `hold` seconds so that no other
+        replica delivers it meanwhile."""
+        with self._write() as conn:
+            due = conn.execute(
+                sa.select(runs)
+                .where(
+                    self._mine(),
+                    runs.c.webhook_status == "pending",
+                    runs.c.webhook_next_at <= now,
+                )
+                .order_by(runs.c.webhook_next_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+            if due:
+                conn.execute(
+                    runs.update()
+                    .where(runs.c.run_id.in_([r.run_id for r in due]))
+                    .values(webhook_next_at=now + hold)
+                )
+        return [dict(r._mapping) for r in due]
+
+    def record_webhook(
+        self, run_id: str, attempts: list[dict[str, Any]], status: str, next_at: float | None
+    ) -> None:
+        with self._write() as conn:
+            conn.execute(
+                runs.update()
+                .where(runs.c.run_id == run_id)
+                .values(webhook_attempts=attempts, webhook_status=status, webhook_next_at=next_at)
+            )
+
+    # -- retention ------------------------------------------------------------------
+
+    def prune(self, finished_before: float, keep: int) -> int:
+        """Delete finished runs older than `finished_before`, and beyond the newest `keep`."""
+        finished = sa.and_(self._mine(), runs.c.status.in_(TERMINAL))
+        with self._write() as conn:
+            condition: Any = runs.c.finished_at < finished_before
+            cutoff = conn.execute(
+                sa.select(runs.c.seq)
+                .where(finished)
+                .order_by(runs.c.seq.desc())
+                .offset(keep)
+                .limit(1)
+            ).scalar()
+            if cutoff is not None:
+                condition = sa.or_(condition, runs.c.seq <= cutoff)
+            doomed = sa.select(runs.c.run_id).where(
+                finished, condition, sa.or_(runs.c.webhook_status.is_(None),
+                                            runs.c.webhook_status != "pending")
+            )  # fmt: skip
+            conn.execute(events.delete().where(events.c.run_id.in_(doomed)))
+            return int(conn.execute(runs.delete().where(runs.c.run_id.in_(doomed))).rowcount)
+
+    # -- reads ----------------------------------------------------------------------
+
+    def get(self, run_id: str) -> dict[str, Any] | None:
+        with self._read() as conn:
+            found = conn.execute(
+                sa.select(runs).where(self._mine(), runs.c.run_id == run_id)
+            ).first()
+        return dict(found._mapping) if found is not None else None
+
+    def list_runs(
+        self, status: str | None, limit: int, before: tuple[float, int] | None
+    ) -> list[dict[str, Any]]:
+        """Newest first by creation (`/invoke` runs are written behind, so not by `seq`);
+        `before` is the (created_at, seq) of the last run of the previous page."""
+        query = sa.select(*_SUMMARY).where(self._mine())
+        if status is not None:
+            query = query.where(runs.c.status == status)
+        if before is not None:
+            created, seq = before
+            query = query.where(
+                sa.or_(
+                    runs.c.created_at < created,
+                    sa.and_(runs.c.created_at == created, runs.c.seq < seq),
+                )
+            )
+        query = query.order_by(runs.c.created_at.desc(), runs.c.seq.desc()).limit(limit)
+        with self._read() as conn:
+            return [dict(r._mapping) for r in conn.execute(query).all()]
+
+    def events_after(self, run_id: str, after: int) -> list[NewEvent]:
+        with self._read() as conn:
+            found = conn.execute(
+                sa.select(events)
+                .where(events.c.run_id == run_id, events.c.event_id > after)
+                .order_by(events.c.event_id)
+            ).all()
+        return [NewEvent(r.run_id, r.event_id, r.kind, r.data, r.at) for r in found]
+
+    @staticmethod
+    def _next_event_id(conn: Connection, run_id: str) -> int:
+        last = conn.execute(
+            sa.select(sa.func.max(events.c.event_id)).where(events.c.run_id == run_id)
+        ).scalar()
+        return int(last or 0) + 1
+
+
+def webhook_due(now: float, webhook: bool) -> dict[str, Any]:
+    """The columns that put a run's webhook in the outbox, due now (if it has one)."""
+    return {"webhook_status": "pending" if webhook else None,
+            "webhook_next_at": now if webhook else None}  # fmt: skip
+
+
+def interrupted_values(
+    now: float, started_at: float | None, steps: Any, webhook: bool
+) -> dict[str, Any]:
+    """How a run ends whose process stopped under it: failed, `interrupted`, the steps
+    that were running failed with it."""
+    if isinstance(steps, dict):
+        steps = {
+            name: {**record, "status": "failed"} if record.get("status") == "running" else record
+            for name, record in steps.items()
+        }
+    return {
+        "status": "failed",
+        "error": {
+            "type": "interrupted",
+            "message": "the server running this run stopped before it finished",
+        },
+        "outputs": None,
+        "finished_at": now,
+        "updated_at": now,
+        "duration": now - started_at if started_at else None,
+        "steps": steps,
+        **webhook_due(now, webhook),
+    }
+
+
+def request_hash(document: Any) -> str:
+    return hashlib.sha256(orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+# An arbitrary constant: the PostgreSQL advisory lock that serializes migrations.
+_LOCK_KEY = 0x70697065  # "pipe"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """WAL, full sync, and `BEGIN IMMEDIATE` for writes (see the module docstring)."""
+
+    @sa.event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, record: Any) -> None:
+        # Let SQLAlchemy's `begin` event below emit BEGIN itself.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # FULL: a run acknowledged with 202 survives a power loss, not only a crash.
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("pipeserve_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

@@ -1,0 +1,84 @@
+"""The benchmark harness (bench/): its smoke mode end to end, the per-cell ratio, and
+whatif's patches against today's app, so that none of it can rot unnoticed.
+
+Only that it runs, reports and computes what it says is checked here: speed targets are
+ratios that bench/ reports, never assertions in tests.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from bench import harness, whatif
+from bench import pipelines as bp
+from bench.load import LoadResult
+from tests.conftest import ROOT, require_binary, server_env
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        cwd=ROOT,
+        env=server_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_harness_runs_end_to_end_in_smoke_mode_and_renders_its_json(tmp_path: Path) -> None:
+    require_binary("wrk", "wrk")
+    done = _bench("--smoke", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    [path] = tmp_path.glob("*-smoke.json")
+    results = json.loads(path.read_text())
+
+    cell = results["workloads"]["echo-def"]["connections"]["1"]
+    assert cell["valid"], cell
+    for kind in ("floor", "pipeserve"):
+        [run] = cell[kind]["runs"]
+        assert run["requests"] > 0 and run["errors"] == 0 and run["bad_status"] == 0, run
+        assert cell[kind]["p50_ms"] > 0
+        assert results["workloads"]["echo-def"]["rss_mb"][kind]["idle"] > 0
+    assert results["machine"]["cores"] >= 1 and results["machine"]["packages"]["uvicorn"]
+    assert results["inprocess"]["chain_sync"]["us_per_step"] > 0
+    statuses = {t["name"]: t["status"] for t in results["targets"]}
+    assert statuses["echo-def: p50 latency added at 1 connection"] in ("met", "NOT met")
+    assert statuses["idle RSS, echo pipeline"] == "not measured"  # no startup phase in smoke
+    tables, _, where = done.stdout.rpartition("\n\nresults: ")
+    assert "pipeserve req/s" in tables and where.strip() == str(path)
+
+    rendered = _bench("--render", str(path))
+    assert rendered.returncode == 0, rendered.stderr
+    assert rendered.stdout.rstrip("\n") == tables
+
+
+def _run(rps: float, errors: int = 0) -> LoadResult:
+    return LoadResult(
+        connections=8, requests=int(rps * 2), seconds=2.0, rps=rps, p50_ms=1.0, p90_ms=2.0,
+        p99_ms=3.0, max_ms=4.0, errors=errors, bad_status=0, cpu_us=100.0,
+    )  # fmt: skip
+
+
+def test_a_cells_ratio_is_the_median_of_its_rounds_ratios_not_the_ratio_of_medians() -> None:
+    floor = [_run(100), _run(200), _run(300)]
+    pipeserve = [_run(90), _run(100), _run(330)]  # rounds' ratios 0.9, 0.5, 1.1
+    cell = harness.summarize({"floor": floor, "pipeserve": pipeserve})
+    assert cell["rps_ratios"] == [0.9, 0.5, 1.1]
+    assert cell["rps_ratio"] == 0.9  # the ratio of the medians would be 100 / 200
+    assert (cell["floor"]["rps"], cell["pipeserve"]["rps"]) == (200, 100)
+    assert cell["valid"]
+
+    pipeserve[1] = _run(100, errors=1)
+    assert not harness.summarize({"floor": floor, "pipeserve": pipeserve})["valid"]
+
+
+def test_whatifs_patches_still_apply_to_the_app() -> None:
+    found = whatif.measure(bp.echo_async, "echo-async", n=50, rounds=1)
+    labels = ["floor", "now", *(label for label, _ in whatif.ATTRIBUTION)]
+    assert list(found) == labels
+    assert all(found[label] > 0 for label in labels), found

@@ -1,0 +1,60 @@
+"""Graceful shutdown under load: SIGTERM loses no request, and on_cleanup runs."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import ServerFactory
+
+
+def test_sigterm_under_load_loses_no_request(servers: ServerFactory, tmp_path: Path) -> None:
+    server = servers.start(
+        "tests.sample_pipelines:slow_with_state",
+        "--shutdown-delay", "1", "--grace-period", "10",
+        env={"TEST_MARKER_DIR": str(tmp_path)},
+    )  # fmt: skip
+    outcomes: list[str] = []
+    lock = threading.Lock()
+    stop_sending = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            while not stop_sending.is_set():
+                try:
+                    response = http.post("/invoke", json={"parameters": {"seconds": 0.3}})
+                    outcome = str(response.status_code)
+                    if response.status_code == 503:
+                        # As a load balancer would: this replica is going; send elsewhere.
+                        assert response.headers["retry-after"]
+                        assert response.headers["connection"] == "close"
+                        stop_sending.set()
+                except httpx.ConnectError:
+                    outcome = "refused"  # never accepted: the listener had closed
+                except httpx.TransportError as exc:
+                    outcome = f"lost: {exc!r}"
+                with lock:
+                    outcomes.append(outcome)
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    ready = httpx.get(server.url + "/ready")
+    assert ready.status_code == 503 and ready.json()["status"] == "draining"
+    assert server.proc.wait(30) == 0
+    stop_sending.set()
+    for t in threads:
+        t.join(30)
+
+    lost = [o for o in outcomes if o.startswith("lost")]
+    assert not lost, lost
+    assert outcomes.count("200") >= 8
+    assert "503" in outcomes  # new work during the drain was refused, with Retry-After
+    assert (tmp_path / f"cleanup-{server.proc.pid}").read_text() == "cleanup loaded\n"

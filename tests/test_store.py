@@ -1,0 +1,135 @@
+"""The run store on a real SQLite file and the real PostgreSQL: schema, claims, recovery."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from service import migrations
+from service.migrations import HEAD, VERSION_TABLE
+from service.store import NewEvent, QueueFull, RunStore, metadata, normalize_url
+
+
+def queued_row(deployment: str = "d") -> tuple[dict[str, Any], NewEvent]:
+    run_id = str(uuid.uuid4())
+    now = time.time()
+    row = {
+        "run_id": run_id, "deployment_name": deployment, "pipeline_name": "p",
+        "pipeline_version": "v1", "kind": "batch", "status": "queued",
+        "request": {"parameters": {}}, "created_at": now, "updated_at": now,
+    }  # fmt: skip
+    return row, NewEvent(run_id, 1, "queued", {"run_id": run_id}, now)
+
+
+def opened(url: str, deployment: str = "d") -> RunStore:
+    store = RunStore(url, deployment)
+    store.migrate()
+    return store
+
+
+def test_migrations_build_the_schema_the_code_uses(database_url: str) -> None:
+    store = opened(database_url)
+    store.migrate()  # a second time: nothing to do
+    with store.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        assert context.get_current_revision() == HEAD
+        assert compare_metadata(context, metadata) == []
+    store.close()
+
+
+def test_head_names_the_newest_migration() -> None:
+    scripts = ScriptDirectory(str(Path(migrations.__file__).parent))
+    assert scripts.get_current_head() == HEAD
+
+
+def test_concurrent_claims_never_take_a_run_twice(database_url: str) -> None:
+    """Two stores (as two processes would have) and many threads race for 60 runs."""
+    stores = [opened(database_url), RunStore(database_url, "d")]
+    submitted = set()
+    for _ in range(60):
+        row, event = queued_row()
+        stores[0].submit(row, event, max_queued=1000)
+        submitted.add(row["run_id"])
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def worker(store: RunStore, owner: str) -> None:
+        while (row := store.claim_next(owner, time.time(), 30)) is not None:
+            assert row["status"] == "running" and row["owner"] == owner
+            assert row["next_event_id"] == 2
+            with lock:
+                claimed.append(row["run_id"])
+
+    threads = [
+        threading.Thread(target=worker, args=(stores[i % 2], f"owner-{i}")) for i in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(claimed) == sorted(submitted)
+    for store in stores:
+        store.close()
+
+
+def test_queue_limit_and_idempotency_keys_are_per_deployment(database_url: str) -> None:
+    store, other = opened(database_url, "a"), opened(database_url, "b")
+    for _ in range(2):
+        store.submit(*queued_row("a"), max_queued=2)
+    with pytest.raises(QueueFull):
+        store.submit(*queued_row("a"), max_queued=2)
+    other.submit(*queued_row("b"), max_queued=2)  # another deployment's queue
+
+    row, event = queued_row("b")
+    row["idempotency_key"] = "same"
+    _, created = other.submit(row, event, max_queued=10)
+    duplicate, event2 = queued_row("b")
+    duplicate["idempotency_key"] = "same"
+    found, created_twice = other.submit(duplicate, event2, max_queued=10)
+    assert created and not created_twice and found["run_id"] == row["run_id"]
+    assert other.get(row["run_id"]) is not None and store.get(row["run_id"]) is None
+    store.close()
+    other.close()
+
+
+def test_expired_leases_are_failed_or_requeued(database_url: str) -> None:
+    store = opened(database_url)
+    for _ in range(2):
+        store.submit(*queued_row(), max_queued=10)
+    dead = store.claim_next("dead-process", time.time() - 100, lease=30)
+    alive = store.claim_next("live-process", time.time(), lease=30)
+    assert dead is not None and alive is not None
+
+    requeued, failed = store.recover_expired(time.time(), requeue=False)
+    assert (requeued, failed) == ([], [dead["run_id"]])
+    record = store.get(dead["run_id"])
+    assert record is not None and record["status"] == "failed"
+    assert record["error"]["type"] == "interrupted"
+    assert [e.kind for e in store.events_after(dead["run_id"], 0)] == ["queued", "failed"]
+    assert store.get(alive["run_id"])["status"] == "running"  # type: ignore[index]
+
+    # A lost lease: the owner's late result is refused.
+    assert not store.finish(dead["run_id"], "dead-process", {"status": "succeeded"},
+                            NewEvent(dead["run_id"], 3, "succeeded", {}, time.time()))  # fmt: skip
+
+    store.renew_leases("live-process", [alive["run_id"]], time.time() - 100, lease=30)
+    requeued, failed = store.recover_expired(time.time(), requeue=True)
+    assert (requeued, failed) == ([alive["run_id"]], [])
+    again = store.claim_next("next-process", time.time(), lease=30)
+    assert again is not None and again["run_id"] == alive["run_id"] and again["attempt"] == 2
+    store.close()
+
+
+def test_postgres_urls_use_psycopg_3() -> None:
+    assert normalize_url("postgresql://u:p@h/db") == "postgresql+psycopg://u:p@h/db"
+    assert normalize_url("postgres://h/db") == "postgresql+psycopg://h/db"
+    assert normalize_url("postgresql+psycopg://h/db") == "postgresql+psycopg://h/db"
+    assert normalize_url("sqlite:///x.db") == "sqlite:///x.db"

@@ -108,33 +108,40 @@ def test_listener_sees_each_step_event() -> None:
 
 
 def test_outside_cancellation_stops_further_steps() -> None:
-    @step
-    def slow_sync(seconds: float = 0.3) -> int:
-        import time
+    # Events, not sleeps: on a loaded machine a timer can fire after a short step ends.
+    started = threading.Event()
+    release = threading.Event()
 
-        time.sleep(seconds)
+    @step
+    def blocked() -> int:
+        started.set()
+        release.wait(30)
         return 1
 
     @pipeline
     def p() -> Any:
-        return inc(slow_sync())
+        return inc(blocked())
 
     async def main() -> Any:
         with ThreadPoolExecutor(2) as executor:
             runner = Runner(p, executor)
             inv = runner.invocation(InvokeRequestData({}, {}, None, None))
+            task = asyncio.create_task(runner.run(inv))
+            while not started.is_set():
+                await asyncio.sleep(0.005)
+            task.cancel()
             try:
-                async with asyncio.timeout(0.05):
-                    await runner.run(inv)
-            except TimeoutError:
+                await task
+            except asyncio.CancelledError:
                 pass
             assert inv.threads_running()
+            release.set()
             await inv.wait_threads()
+            assert not inv.threads_running()
             return inv
 
     inv = asyncio.run(main())
-    assert inv.records["slow_sync"].status == "completed"
-    assert inv.records["inc"].status == "pending"
+    assert inv.records["blocked"].status == "completed"
     assert inv.records["inc"].status == "pending"
 
 

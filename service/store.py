@@ -11,7 +11,6 @@ transaction as `BEGIN IMMEDIATE`, so writers are serialized across processes.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -23,6 +22,8 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+
+from .files import locked
 
 metadata = sa.MetaData()
 
@@ -208,13 +209,8 @@ class RunStore:
         if self.sqlite_path is None:
             yield
             return
-        lock_path = self.sqlite_path.with_name(self.sqlite_path.name + ".migrate.lock")
-        with lock_path.open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with locked(self.sqlite_path.with_name(self.sqlite_path.name + ".migrate.lock")):
+            yield
 
     def close(self) -> None:
         self.engine.dispose()

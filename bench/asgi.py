@@ -71,7 +71,13 @@ async def started(app: Starlette) -> AsyncIterator[Starlette]:
     """The app with its lifespan run, and (for pipeserve) its on_init finished."""
     async with app.router.lifespan_context(app):
         service = getattr(app.state, "service", None)
+        deadline = time.monotonic() + 60
         while service is not None and service.runner is None:
+            # Polling on would hang the caller: on_init or the run store failed, or is stuck.
+            if service.init_error is not None:
+                raise RuntimeError(f"pipeserve did not start: {service.init_error!r}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("pipeserve did not start within 60 s")
             await asyncio.sleep(0.001)
         yield app
 

@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 import uuid
+from asyncio import timeout
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -280,7 +281,7 @@ class PipelineService:
         request.scope["state"]["run_id"] = inv.run_id
         await self._acquire_slot()
         try:
-            async with asyncio.timeout(deadline):
+            async with timeout(deadline):
                 await runner.run(inv)
         except TimeoutError:
             inv.status = "timed_out"

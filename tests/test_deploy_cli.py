@@ -256,6 +256,22 @@ def test_update_stale_and_fixed_port(cli: CLI) -> None:
     assert list((cli.home / "deployments").iterdir()) == []
 
 
+def test_deprovision_stops_every_worker_process(cli: CLI) -> None:
+    write_greeter(cli.modules, "hej")
+    cli("deploy", "greeter_mod:greeter", "--name", "pool", "--workers", "2")
+    assert cli.invoke("pool")["outputs"]["greeting"] == "hej, world"
+    pid = cli.describe("pool")["pid"]
+    # uvicorn's supervisor and its two workers (plus, maybe, a multiprocessing helper).
+    deadline = time.monotonic() + 30
+    while len(psutil.Process(pid).children(recursive=True)) < 2:
+        assert time.monotonic() < deadline, "the two workers never started"
+        time.sleep(0.1)
+    assert len(cli.processes()) >= 3
+    stopped = cli("deployment", "deprovision", "pool")
+    assert "deployment 'pool' stopped" in stopped.stderr, stopped.stderr  # within its grace
+    assert cli.processes() == []
+
+
 def test_a_webhook_secret_reaches_the_server_and_is_never_shown(cli: CLI) -> None:
     secret = "whsec-deploy-7c1e"
     receiver = Receiver(failures=0)

@@ -128,6 +128,34 @@ def test_expired_leases_are_failed_or_requeued(database_url: str) -> None:
     store.close()
 
 
+def test_a_flush_writes_every_finished_invocation(database_url: str) -> None:
+    # The insert compiled once and run as the driver's executemany, JSON columns included.
+    store = opened(database_url)
+    now = time.time()
+    rows = [
+        {
+            "run_id": str(uuid.uuid4()), "deployment_name": "d", "pipeline_name": "p",
+            "pipeline_version": "v1", "kind": "invoke",
+            "status": "failed" if i % 10 == 0 else "succeeded",
+            "request": {"parameters": {"i": i}}, "parameters_used": {"i": i},
+            "steps": {"s": {"status": "completed", "duration": i / 1000}},
+            "outputs": None if i % 10 == 0 else f'{{"n": {i}}}', "outputs_omitted": i == 7,
+            "error": {"type": "step_failed", "step": "s"} if i % 10 == 0 else None,
+            "created_at": now + i, "started_at": now + i, "finished_at": now + i + 0.5,
+            "updated_at": now + i + 0.5, "duration": 0.5,
+        }
+        for i in range(70)
+    ]  # fmt: skip
+    store.write_batch(rows, [], {}, now)
+    for row in rows:
+        found = store.get(row["run_id"])
+        assert found is not None
+        assert {name: found[name] for name in row} == row
+    listed = store.list_runs("failed", 100, None)
+    assert [r["run_id"] for r in listed] == [rows[i]["run_id"] for i in range(60, -1, -10)]
+    store.close()
+
+
 def test_postgres_urls_use_psycopg_3() -> None:
     assert normalize_url("postgresql://u:p@h/db") == "postgresql+psycopg://u:p@h/db"
     assert normalize_url("postgres://h/db") == "postgresql+psycopg://h/db"

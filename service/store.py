@@ -192,7 +192,7 @@ class RunStore:
                     conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_KEY})
                     conn.commit()
                 try:
-                    upgrade(conn)
+                    upgrade(conn, metadata)
                     conn.commit()
                 finally:
                     if not self.is_sqlite:

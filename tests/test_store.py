@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -9,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -43,6 +46,58 @@ def test_migrations_build_the_schema_the_code_uses(database_url: str) -> None:
         assert context.get_current_revision() == HEAD
         assert compare_metadata(context, metadata) == []
     store.close()
+
+
+def _schema(conn: Any) -> dict[str, Any]:
+    """What a database holds of our tables: columns, keys, indexes and constraints."""
+    inspector = sa.inspect(conn)
+    return {
+        table: {
+            "columns": [
+                (c["name"], str(c["type"]), c["nullable"], c.get("default"))
+                for c in inspector.get_columns(table)
+            ],
+            "primary_key": inspector.get_pk_constraint(table)["constrained_columns"],
+            "indexes": sorted(
+                (i["name"], tuple(i["column_names"]), i["unique"])
+                for i in inspector.get_indexes(table)
+            ),
+            "unique": sorted(
+                tuple(u["column_names"]) for u in inspector.get_unique_constraints(table)
+            ),
+        }
+        for table in sorted([*metadata.tables, VERSION_TABLE])
+    }
+
+
+def test_a_new_database_is_built_as_the_migrations_build_it(database_url: str) -> None:
+    # A new store is made from the tables' definitions and stamped, without Alembic; an
+    # existing one is upgraded by Alembic. Both roads must end at the same schema.
+    store = opened(database_url)
+    with store.engine.begin() as conn:
+        built = _schema(conn)
+        metadata.drop_all(conn)
+        conn.execute(sa.text(f"DROP TABLE {VERSION_TABLE}"))
+    with store.engine.begin() as conn:
+        migrations.upgrade_with_alembic(conn)
+    with store.engine.connect() as conn:
+        assert _schema(conn) == built
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        assert context.get_current_revision() == HEAD
+    store.close()
+
+
+def test_a_new_database_does_not_import_alembic(tmp_path: Path) -> None:
+    # Alembic stays resident once imported (~10 MiB of the server's idle RSS).
+    code = (
+        "import sys; from service.store import RunStore; "
+        f"store = RunStore('sqlite:///{tmp_path / 'new.db'}', 'd'); store.migrate(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
 
 
 def test_head_names_the_newest_migration() -> None:

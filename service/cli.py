@@ -404,6 +404,8 @@ def deployment_describe(name: str, as_json: bool, **options: Any) -> None:
         ("pid", str(record.pid or "-")),
         ("uptime", _uptime(summary["uptime"])),
         ("pipeline", record.pipeline),
+        # The server imports MODULE from here: the first thing to check when it is not found.
+        ("directory", record.cwd),
     ]
     if info is not None:
         lines.append(("version", f"{info['pipeline_name']} {info['version']}"))

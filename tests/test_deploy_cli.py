@@ -145,7 +145,10 @@ def test_training_lifecycle(cli: CLI) -> None:
     assert described["info"]["deployment_name"] == "training"
     assert described["record"]["settings"] == {"max_concurrency": 4}
     text = cli("deployment", "describe", "training").stdout
-    for expected in (f"url:        {url}", "status:     running", f"pid:        {pid}", "uptime:"):
+    for expected in (
+        f"url:        {url}", "status:     running", f"pid:        {pid}", "uptime:",
+        f"directory:  {ROOT}",
+    ):  # fmt: skip
         assert expected in text
     assert 'model_type  string  default "random_forest"' in text
 

@@ -127,8 +127,7 @@ def test_outside_cancellation_stops_further_steps() -> None:
             runner = Runner(p, executor)
             inv = runner.invocation(InvokeRequestData({}, {}, None, None))
             task = asyncio.create_task(runner.run(inv))
-            while not started.is_set():
-                await asyncio.sleep(0.005)
+            assert await asyncio.to_thread(started.wait, 30)
             task.cancel()
             try:
                 await task

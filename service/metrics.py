@@ -86,6 +86,19 @@ class Metrics:
             ["pipeline", "status"],
             registry=registry,
         )
+        self.records_dropped = Counter(
+            "pipeserve_run_records_dropped_total",
+            "Run records (or parts of them) the run store could not take, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.store_up = Gauge(
+            "pipeserve_run_store_up",
+            "1 while the run store answers, 0 during an outage.",
+            registry=registry,
+            multiprocess_mode="min",
+        )
+        self.store_up.set(1)
         self.queue_depth = Gauge(
             "pipeserve_queue_depth",
             "Invocations waiting for a concurrency slot.",

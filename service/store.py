@@ -12,10 +12,12 @@ transaction as `BEGIN IMMEDIATE`, so writers are serialized across processes.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from .files import locked
+
+logger = logging.getLogger("pipeserve.runs")
 
 metadata = sa.MetaData()
 
@@ -61,6 +65,9 @@ runs = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("finished_at", sa.Float),
     sa.Column("duration", sa.Float),
+    # When lease recovery ended or requeued the run on a guess that its process had died;
+    # cleared when that process's own end arrives after all (see `RunStore.finish`).
+    sa.Column("recovered_at", sa.Float),
     sa.UniqueConstraint("deployment_name", "idempotency_key", name="uq_pipeserve_runs_idempotency"),
     sa.Index("ix_pipeserve_runs_deployment_status_seq", "deployment_name", "status", "seq"),
     sa.Index("ix_pipeserve_runs_deployment_created", "deployment_name", "created_at"),
@@ -95,12 +102,57 @@ class StoreError(Exception):
     """The store cannot be opened or migrated; the message is one line for the user."""
 
 
+def is_transient(exc: BaseException) -> bool:
+    """True for a failure of the database, not of the data: lost connections, a server
+    that is down or restarting, a locked SQLite file, an exhausted pool. Such a write is
+    kept and tried again; any other failure is the record's own and retrying cannot help."""
+    if isinstance(exc, sa.exc.DBAPIError):
+        return exc.connection_invalidated or isinstance(
+            exc, (sa.exc.OperationalError, sa.exc.InterfaceError)
+        )
+    return isinstance(exc, (sa.exc.TimeoutError, sa.exc.DisconnectionError, ConnectionError))
+
+
 class QueueFull(Exception):
     """As many runs are queued as the settings allow."""
 
     def __init__(self, queued: int) -> None:
         super().__init__(f"{queued} runs are queued")
         self.queued = queued
+
+
+@dataclass(slots=True)
+class StoreHealth:
+    """Whether the run store answered its last call: `/ready` shows it, and an outage is
+    logged once when it starts and once when it ends, not at every retry."""
+
+    failing_since: float | None = None
+    last_error: str | None = None
+    # Told True when an outage starts, False when it ends (the `store_up` gauge).
+    on_change: Callable[[bool], None] | None = None
+
+    @property
+    def degraded(self) -> bool:
+        return self.failing_since is not None
+
+    def failed(self, exc: BaseException) -> None:
+        self.last_error = _first_line(exc)
+        if self.failing_since is None:
+            self.failing_since = time.time()
+            if self.on_change is not None:
+                self.on_change(True)
+            logger.error("the run store is unreachable; retrying", extra={"error": self.last_error})
+
+    def ok(self) -> None:
+        if self.failing_since is not None:
+            logger.warning(
+                "the run store is reachable again",
+                extra={"outage_seconds": round(time.time() - self.failing_since, 3)},
+            )
+            self.failing_since = None
+            self.last_error = None
+            if self.on_change is not None:
+                self.on_change(False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +212,9 @@ class RunStore:
             options["connect_args"] = {"timeout": 30, "check_same_thread": False}
         else:
             options["pool_pre_ping"] = True
+            # A database that is down must fail a call in seconds (then 503), not hang it.
+            options["connect_args"] = {"connect_timeout": 5}
+            options["pool_timeout"] = 10
             options["pool_size"] = 5
             options["max_overflow"] = 5
         try:
@@ -171,9 +226,12 @@ class RunStore:
         # Finished `/invoke` runs arrive by the hundred a flush: their insert is compiled
         # once for this database and executed as the driver's executemany, without
         # SQLAlchemy's per-row parameter processing (most of the flush's CPU otherwise).
+        # Insert-if-absent: a batch retried after a commit whose answer was lost (the
+        # connection dropped) must not fail on the rows it already wrote.
         compiled = (
-            runs.insert()
+            _insert_statement(self.is_sqlite, runs)
             .values({name: sa.bindparam(name) for name in FINISHED_COLUMNS})
+            .on_conflict_do_nothing(index_elements=["run_id"])
             .compile(dialect=self.engine.dialect)
         )
         self._insert_finished = compiled.string
@@ -269,41 +327,56 @@ class RunStore:
         ).first()
         return dict(found._mapping) if found is not None else None
 
+    def prepare_finished(self, row: Mapping[str, Any]) -> tuple[Any, list[str]]:
+        """A finished `/invoke` run's row as the driver's parameters for the flush's insert,
+        and the JSON columns left out of it: a value JSON cannot carry (an integer beyond
+        64 bits, say) must not reach a transaction shared with other records, so such a
+        column is stored as null (`request`: a note) and `error` says what was left out.
+        """
+        values: dict[str, Any] = {}
+        omitted: list[str] = []
+        for name in FINISHED_COLUMNS:
+            value = row[name]
+            if name in _JSON_COLUMNS and value is not None:
+                try:
+                    value = _json_serializer(value)
+                except TypeError as exc:  # orjson.JSONEncodeError is one
+                    omitted.append(name)
+                    reason = f"{name} could not be stored as JSON: {exc}"
+                    value = _json_serializer({"omitted": reason}) if name == "request" else None
+            values[name] = value
+        if omitted:
+            note = {"type": "record_incomplete",
+                    "message": f"not stored, JSON cannot carry their values: {', '.join(omitted)}"}  # fmt: skip
+            if values["error"] is None or "error" in omitted:
+                values["error"] = _json_serializer(note)
+        if self._insert_order is None:
+            return values, omitted
+        return tuple(values[name] for name in self._insert_order), omitted
+
     def write_batch(
         self,
-        finished: Sequence[dict[str, Any]],
+        finished: Sequence[Any],
         new_events: Sequence[NewEvent],
         progress: Mapping[str, Mapping[str, Any]],
         now: float,
     ) -> None:
-        """One transaction for what the write-behind buffer holds: finished `/invoke` runs,
-        events of running runs, and their step records (so other replicas can show them)."""
+        """One transaction for what the write-behind buffer holds: finished `/invoke` runs
+        (as `prepare_finished` made them), events of running runs, and their step records
+        (so other replicas can show them). Writing the same batch twice writes it once."""
         if not (finished or new_events or progress):
             return
         with self._write() as conn:
             if finished:
-                conn.exec_driver_sql(
-                    self._insert_finished, [self._finished_parameters(r) for r in finished]
-                )
+                conn.exec_driver_sql(self._insert_finished, list(finished))
             if new_events:
-                self._insert_events(conn, new_events)
+                self._append_events(conn, new_events)
             for run_id, steps in progress.items():
                 conn.execute(
                     runs.update()
                     .where(runs.c.run_id == run_id, runs.c.status == "running")
                     .values(steps=dict(steps), updated_at=now)
                 )
-
-    def _finished_parameters(self, row: Mapping[str, Any]) -> Any:
-        values = {
-            name: _json_serializer(row[name])
-            if name in _JSON_COLUMNS and row[name] is not None
-            else row[name]
-            for name in FINISHED_COLUMNS
-        }
-        if self._insert_order is None:
-            return values
-        return tuple(values[name] for name in self._insert_order)
 
     @staticmethod
     def _insert_events(conn: Connection, new: Iterable[NewEvent]) -> None:
@@ -315,6 +388,67 @@ class RunStore:
                 for e in new
             ],
         )  # fmt: skip
+
+    def _append_events(self, conn: Connection, new: Sequence[NewEvent]) -> list[NewEvent]:
+        """Insert a run's own events, numbered by its process, safe against the race with
+        lease recovery (another process, or this one after an outage, may have written an
+        event of the same run meanwhile, numbered after the last it saw).
+
+        An event already stored as it is (a batch written twice) is skipped; from the first
+        one whose number another event took, this run's events are numbered after the last
+        stored one, in their order. Ids stay unique and the stream tells what happened in
+        the order it was written. Returns the events as stored."""
+        by_run: dict[str, list[NewEvent]] = {}
+        for event in new:
+            by_run.setdefault(event.run_id, []).append(event)
+        # The run rows serialize writers of their events (recovery updates them too);
+        # in one order, so that two writers never wait on each other.
+        conn.execute(
+            sa.select(runs.c.run_id)
+            .where(runs.c.run_id.in_(sorted(by_run)))
+            .order_by(runs.c.run_id)
+            .with_for_update()
+        ).all()
+        taken = conn.execute(
+            sa.select(events.c.run_id, events.c.event_id, events.c.kind, events.c.at,
+                      events.c.data).where(
+                sa.or_(
+                    *(
+                        sa.and_(
+                            events.c.run_id == run_id,
+                            events.c.event_id >= min(e.event_id for e in mine),
+                        )
+                        for run_id, mine in by_run.items()
+                    )
+                )
+            )
+        ).all()  # fmt: skip
+        stored: dict[str, dict[int, tuple[str, float, Any]]] = {}
+        for row in taken:
+            stored.setdefault(row.run_id, {})[row.event_id] = _identity(row.kind, row.at, row.data)
+        written: list[NewEvent] = []
+        for run_id, mine in by_run.items():
+            existing = stored.get(run_id, {})
+            already = set(existing.values())
+            renumber_from: int | None = None
+            for event in mine:
+                if _identity(event.kind, event.at, event.data) in already:
+                    continue
+                if renumber_from is None:
+                    if event.event_id not in existing:
+                        written.append(event)
+                        continue
+                    renumber_from = max(existing) + 1
+                    logger.warning(
+                        "events of a run were written meanwhile by another process; "
+                        "numbering this process's after them",
+                        extra={"run_id": run_id, "event_id": event.event_id},
+                    )
+                written.append(replace(event, event_id=renumber_from))
+                renumber_from += 1
+        if written:
+            self._insert_events(conn, written)
+        return written
 
     def claim_next(self, owner: str, now: float, lease: float) -> dict[str, Any] | None:
         """Take the oldest queued run: it becomes `running`, owned by `owner` until `now + lease`."""
@@ -337,6 +471,7 @@ class RunStore:
                     started_at=now,
                     updated_at=now,
                     attempt=runs.c.attempt + 1,
+                    recovered_at=None,
                 )
                 .returning(*runs.c)
             ).first()
@@ -350,7 +485,9 @@ class RunStore:
         self, owner: str, run_ids: Sequence[str], now: float, lease: float
     ) -> tuple[set[str], set[str]]:
         """Extend the leases of our running runs. Returns (cancel requested, lost): runs a
-        caller asked to cancel, and runs that are no longer ours (taken over after a stall)."""
+        caller asked to cancel, and runs that are no longer ours (requeued or taken over
+        after a stall). A run that lease recovery failed meanwhile is still ours: its own
+        end, when it comes, replaces that guess (see `finish`)."""
         if not run_ids:
             return set(), set()
         with self._write() as conn:
@@ -367,20 +504,47 @@ class RunStore:
                 ).where(runs.c.run_id.in_(run_ids))
             ).all()
         cancel = {r.run_id for r in found if r.cancel_requested}
-        ours = {r.run_id for r in found if r.owner == owner and r.status == "running"}
+        ours = {r.run_id for r in found if r.owner == owner and r.status in ("running", "failed")}
         return cancel, set(run_ids) - ours
 
     def finish(
-        self, run_id: str, owner: str | None, values: dict[str, Any], event: NewEvent
+        self,
+        run_id: str,
+        owner: str | None,
+        values: dict[str, Any],
+        event: NewEvent,
+        attempt: int | None = None,
     ) -> bool:
-        """Record a run's end and its terminal event, if it is still ours (or still queued)."""
+        """Record a run's end and its terminal event, if it is still ours (or still queued).
+
+        The run's own end wins over lease recovery's guess: a run that recovery failed as
+        `interrupted`, or requeued without anyone claiming it since, while its process was
+        cut off from the database (`attempt` is still the one that process claimed), is
+        recorded as it really ended; the event stream shows the guess, then the end."""
         with self._write() as conn:
-            where = [runs.c.run_id == run_id, runs.c.status.in_(ACTIVE)]
-            if owner is not None:
-                where.append(runs.c.owner == owner)
-            done = conn.execute(runs.update().where(*where).values(**values)).rowcount
+            where: list[Any] = [runs.c.run_id == run_id]
+            if owner is None:
+                where.append(runs.c.status.in_(ACTIVE))
+            else:
+                mine = sa.and_(runs.c.owner == owner, runs.c.status == "running")
+                if attempt is not None:
+                    mine = sa.or_(
+                        mine,
+                        sa.and_(
+                            runs.c.attempt == attempt,
+                            sa.or_(
+                                sa.and_(runs.c.owner == owner, runs.c.status == "failed"),
+                                sa.and_(runs.c.owner.is_(None), runs.c.status == "queued"),
+                            ),
+                            runs.c.recovered_at.is_not(None),
+                        ),
+                    )
+                where.append(mine)
+            done = conn.execute(
+                runs.update().where(*where).values(**values, owner=owner, recovered_at=None)
+            ).rowcount
             if done:
-                self._insert_events(conn, [event])
+                self._append_events(conn, [event])
             return bool(done)
 
     def cancel_queued(self, run_id: str, now: float, webhook: bool) -> bool:
@@ -416,25 +580,36 @@ class RunStore:
                 ).rowcount
             )
 
-    def recover_expired(self, now: float, requeue: bool) -> tuple[list[str], list[str]]:
+    def recover_expired(self, now: float, requeue: bool, owner: str) -> tuple[list[str], list[str]]:
         """Runs whose owner stopped renewing its lease (it died): requeue them when the
-        pipeline is safe to retry, otherwise fail them as `interrupted`.
+        pipeline is safe to retry, otherwise fail them as `interrupted`. Never the runs of
+        `owner` (the caller): it is alive, so a lease of its that expired means only that
+        the database was out of its reach, and it goes on with the run.
         Returns (requeued, failed) run ids."""
         requeued: list[str] = []
         failed: list[str] = []
         with self._write() as conn:
             expired = conn.execute(
                 sa.select(runs.c.run_id, runs.c.started_at, runs.c.webhook_url, runs.c.steps)
-                .where(self._mine(), runs.c.status == "running", runs.c.lease_expires_at < now)
+                .where(
+                    self._mine(),
+                    runs.c.status == "running",
+                    runs.c.lease_expires_at < now,
+                    sa.or_(runs.c.owner.is_(None), runs.c.owner != owner),
+                )
                 .with_for_update(skip_locked=True)
             ).all()
             for row in expired:
                 if requeue:
-                    self._requeue(conn, row.run_id, now)
+                    self._requeue(conn, row.run_id, now, recovered=True)
                     requeued.append(row.run_id)
                     continue
                 values = interrupted_values(now, row.started_at, row.steps, bool(row.webhook_url))
-                conn.execute(runs.update().where(runs.c.run_id == row.run_id).values(**values))
+                conn.execute(
+                    runs.update()
+                    .where(runs.c.run_id == row.run_id)
+                    .values(**values, recovered_at=now)
+                )
                 event_id = self._next_event_id(conn, row.run_id)
                 data = {"run_id": row.run_id, "status": "failed", "error": values["error"],
                         "at": now}  # fmt: skip
@@ -447,7 +622,14 @@ class RunStore:
         with self._write() as conn:
             return self._requeue(conn, run_id, now, owner)
 
-    def _requeue(self, conn: Connection, run_id: str, now: float, owner: str | None = None) -> bool:
+    def _requeue(
+        self,
+        conn: Connection,
+        run_id: str,
+        now: float,
+        owner: str | None = None,
+        recovered: bool = False,
+    ) -> bool:
         """Back to `queued`, as if never started, with a `queued` event saying so."""
         where = [runs.c.run_id == run_id, runs.c.status == "running"]
         if owner is not None:
@@ -456,7 +638,7 @@ class RunStore:
             runs.update()
             .where(*where)
             .values(status="queued", owner=None, lease_expires_at=None, started_at=None,
-                    steps=None, updated_at=now)
+                    steps=None, updated_at=now, recovered_at=now if recovered else None)
         ).rowcount  # fmt: skip
         if done:
             data = {"run_id": run_id, "status": "queued", "requeued": True, "at": now}
@@ -568,6 +750,12 @@ class RunStore:
         return int(last or 0) + 1
 
 
+def _identity(kind: str, at: float, data: Mapping[str, Any]) -> tuple[str, float, Any]:
+    """What tells two events of one run apart, whatever their ids: a batch written twice
+    (its first commit went through, the answer was lost) finds its events by it."""
+    return kind, at, data.get("step")
+
+
 def webhook_due(now: float, webhook: bool) -> dict[str, Any]:
     """The columns that put a run's webhook in the outbox, due now (if it has one)."""
     return {"webhook_status": "pending" if webhook else None,
@@ -630,3 +818,14 @@ def _configure_sqlite(engine: Engine) -> None:
     def on_begin(conn: Connection) -> None:
         write = conn.get_execution_options().get("pipeserve_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _insert_statement(is_sqlite: bool, table: sa.Table) -> Any:
+    """An INSERT that can say ON CONFLICT DO NOTHING, in this database's dialect."""
+    if is_sqlite:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+    from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+    return postgresql_insert(table)

@@ -156,7 +156,7 @@ def test_expired_leases_are_failed_or_requeued(database_url: str) -> None:
     alive = store.claim_next("live-process", time.time(), lease=30)
     assert dead is not None and alive is not None
 
-    requeued, failed = store.recover_expired(time.time(), requeue=False)
+    requeued, failed = store.recover_expired(time.time(), requeue=False, owner="recovering-process")
     assert (requeued, failed) == ([], [dead["run_id"]])
     record = store.get(dead["run_id"])
     assert record is not None and record["status"] == "failed"
@@ -169,7 +169,7 @@ def test_expired_leases_are_failed_or_requeued(database_url: str) -> None:
                             NewEvent(dead["run_id"], 3, "succeeded", {}, time.time()))  # fmt: skip
 
     store.renew_leases("live-process", [alive["run_id"]], time.time() - 100, lease=30)
-    requeued, failed = store.recover_expired(time.time(), requeue=True)
+    requeued, failed = store.recover_expired(time.time(), requeue=True, owner="recovering-process")
     assert (requeued, failed) == ([alive["run_id"]], [])
     again = store.claim_next("next-process", time.time(), lease=30)
     assert again is not None and again["run_id"] == alive["run_id"] and again["attempt"] == 2
@@ -180,7 +180,7 @@ def test_a_flush_writes_every_finished_invocation(database_url: str) -> None:
     # The insert compiled once and run as the driver's executemany, JSON columns included.
     store = opened(database_url)
     now = time.time()
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "run_id": str(uuid.uuid4()), "deployment_name": "d", "pipeline_name": "p",
             "pipeline_version": "v1", "kind": "invoke",
@@ -194,7 +194,7 @@ def test_a_flush_writes_every_finished_invocation(database_url: str) -> None:
         }
         for i in range(70)
     ]  # fmt: skip
-    store.write_batch(rows, [], {}, now)
+    store.write_batch([store.prepare_finished(r)[0] for r in rows], [], {}, now)
     for row in rows:
         found = store.get(row["run_id"])
         assert found is not None
@@ -209,3 +209,95 @@ def test_postgres_urls_use_psycopg_3() -> None:
     assert normalize_url("postgres://h/db") == "postgresql+psycopg://h/db"
     assert normalize_url("postgresql+psycopg://h/db") == "postgresql+psycopg://h/db"
     assert normalize_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def _event(run_id: str, event_id: int, kind: str) -> NewEvent:
+    return NewEvent(run_id, event_id, kind, {"run_id": run_id}, time.time())
+
+
+def test_the_runs_own_end_wins_over_a_recovery_guess(database_url: str) -> None:
+    # A process cut off from the database (an outage) while its run went on: another
+    # process failed the run as `interrupted` and wrote its event with the next free id.
+    store = opened(database_url)
+    store.submit(*queued_row(), max_queued=10)
+    claimed = store.claim_next("cut-off", time.time() - 100, lease=30)
+    assert claimed is not None and claimed["next_event_id"] == 2
+    run_id = claimed["run_id"]
+    assert store.recover_expired(time.time(), requeue=False, owner="cut-off") == ([], [])
+    assert store.recover_expired(time.time(), requeue=False, owner="other") == ([], [run_id])
+
+    # The cut-off process's buffered events arrive, numbered as it numbered them (2, 3):
+    # the id 2 is taken, so they come after the guess; writing them twice writes them once.
+    late = [_event(run_id, 2, "step_started"), _event(run_id, 3, "step_finished")]
+    store.write_batch([], late, {}, time.time())
+    store.write_batch([], late, {}, time.time())
+    # Its heartbeat: the run is still its own (failed on a guess, not taken over).
+    assert store.renew_leases("cut-off", [run_id], time.time(), lease=30) == (set(), set())
+    values = {"status": "succeeded", "finished_at": time.time(), "updated_at": time.time()}
+    assert store.finish(run_id, "cut-off", values, _event(run_id, 4, "succeeded"), attempt=1)
+    record = store.get(run_id)
+    assert record is not None and record["status"] == "succeeded"
+    assert record["recovered_at"] is None
+    stored = store.events_after(run_id, 0)
+    assert [(e.event_id, e.kind) for e in stored] == [
+        (1, "queued"), (2, "failed"), (3, "step_started"), (4, "step_finished"), (5, "succeeded"),
+    ]  # fmt: skip
+    store.close()
+
+
+@pytest.mark.parametrize("claimed_again", [False, True])
+def test_a_requeued_runs_late_end_counts_until_another_process_claims_it(
+    database_url: str, claimed_again: bool
+) -> None:
+    store = opened(database_url)
+    store.submit(*queued_row(), max_queued=10)
+    first = store.claim_next("cut-off", time.time() - 100, lease=30)
+    assert first is not None
+    run_id = first["run_id"]
+    assert store.recover_expired(time.time(), requeue=True, owner="other") == ([run_id], [])
+    # Requeued: no longer running under its first process, which stops heartbeating it.
+    assert store.renew_leases("cut-off", [run_id], time.time(), lease=30) == (set(), {run_id})
+    if claimed_again:
+        again = store.claim_next("other", time.time(), lease=30)
+        assert again is not None and again["attempt"] == 2
+    values = {"status": "succeeded", "finished_at": time.time(), "updated_at": time.time()}
+    ended = store.finish(run_id, "cut-off", values, _event(run_id, 9, "succeeded"), attempt=1)
+    record = store.get(run_id)
+    assert record is not None
+    if claimed_again:
+        # The second attempt runs: the first one's end is not the run's.
+        assert not ended and record["status"] == "running"
+    else:
+        # Nobody took it since: the first attempt's end is the run's, and it is not run twice.
+        assert ended and record["status"] == "succeeded"
+        assert store.claim_next("other", time.time(), lease=30) is None
+    store.close()
+
+
+def test_a_record_json_cannot_carry_is_stored_without_those_values(database_url: str) -> None:
+    store = opened(database_url)
+    now = time.time()
+    too_big = 2**64
+    row: dict[str, Any] = {
+        "run_id": str(uuid.uuid4()), "deployment_name": "d", "pipeline_name": "p",
+        "pipeline_version": "v1", "kind": "invoke", "status": "succeeded",
+        "request": {"parameters": {"x": too_big}}, "parameters_used": {"x": too_big},
+        "steps": {}, "outputs": '{"y": 1}', "outputs_omitted": False, "error": None,
+        "created_at": now, "started_at": now, "finished_at": now, "updated_at": now,
+        "duration": 0.0,
+    }  # fmt: skip
+    good: dict[str, Any] = {
+        **row,
+        "run_id": str(uuid.uuid4()),
+        "request": {},
+        "parameters_used": {},
+    }
+    prepared, omitted = store.prepare_finished(row)
+    assert omitted == ["request", "parameters_used"]
+    store.write_batch([prepared, store.prepare_finished(good)[0]], [], {}, now)
+    found = store.get(row["run_id"])
+    assert found is not None and found["parameters_used"] is None
+    assert "64-bit" in found["request"]["omitted"]
+    assert found["error"]["type"] == "record_incomplete"
+    assert store.get(good["run_id"]) is not None
+    store.close()

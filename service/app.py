@@ -350,15 +350,20 @@ class PipelineService:
         return JSONBody({"status": "ok"})
 
     async def ready_endpoint(self, request: Request) -> Response:
+        # The run store is not on /invoke's path: its outage is told here, not a 503 that
+        # would take the pod out of the Service while it can still serve invocations.
+        store = "degraded" if self.runs.health.degraded else "ok"
         if self.ready:
-            return JSONBody({"status": "ready"})
+            return JSONBody({"status": "ready", "store": store})
         if self.draining:
             status = "draining"
         elif self.init_error is not None:
             status = "failed"
         else:
             status = "starting"
-        return JSONBody({"status": status}, status_code=503, headers={"Retry-After": "1"})
+        return JSONBody(
+            {"status": status, "store": store}, status_code=503, headers={"Retry-After": "1"}
+        )
 
     async def info(self, request: Request) -> Response:
         return JSONBody(self.info_document())

@@ -83,6 +83,12 @@ class ServiceUnavailable(ServiceError):
         self.headers["Retry-After"] = str(retry_after)
 
 
+class StoreUnavailable(ServiceUnavailable):
+    """The run store stayed out of reach through the retries; `/invoke` still serves."""
+
+    error_type = "store_unavailable"
+
+
 class DeadlineExceeded(ServiceError):
     status_code = 504
     error_type = "timeout"

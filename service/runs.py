@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import logging
 import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -35,6 +36,7 @@ from .errors import (
     IdempotencyKeyReused,
     NotFound,
     ServiceUnavailable,
+    StoreUnavailable,
     TooManyRequests,
     ValidationFailed,
 )
@@ -52,7 +54,9 @@ from .store import (
     NewEvent,
     QueueFull,
     RunStore,
+    StoreHealth,
     interrupted_values,
+    is_transient,
     redact,
     request_hash,
     webhook_due,
@@ -67,6 +71,14 @@ T = TypeVar("T")
 STREAM_POLL = 0.5
 # How long a cancel request waits for the run to stop before answering 202.
 CANCEL_WAIT = 5.0
+# A request's store call is tried this many times, this long apart, before a 503.
+STORE_RETRIES = (0.1, 0.3, 0.6)
+# What a 503 for an unreachable store asks the client to wait.
+STORE_RETRY_AFTER = 5
+# How long shutdown keeps trying to write the buffer to a database out of reach.
+LAST_FLUSH_SECONDS = 3.0
+# The longest wait between two tries of a batch run's final write.
+MAX_FINAL_WRITE_BACKOFF = 5.0
 # The request fields a stored run is validated and run with again.
 _REQUEST_FIELDS = ("parameters", "steps", "until", "timeout")
 
@@ -78,6 +90,8 @@ class ActiveRun:
     run_id: str
     webhook_url: str | None
     next_event_id: int
+    # The attempt this process claimed: its own end replaces a recovery guess of it.
+    attempt: int | None = None
     events: list[NewEvent] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -85,6 +99,8 @@ class ActiveRun:
     task: asyncio.Task[Any] | None = None
     finished: bool = False
     interrupted: bool = False
+    # Requeued or taken over by another process: its end here is not this run's end.
+    lost: bool = False
     dirty: bool = False
 
     def emit(self, event: NewEvent) -> None:
@@ -118,6 +134,7 @@ class RunManager:
         self.models = models
         self.metrics = metrics
         self.store = RunStore(database_url, deployment.name)
+        self.health = StoreHealth(on_change=lambda down: metrics.store_up.set(0 if down else 1))
         # Unique per process: the lease owner of the runs this process executes.
         self.owner = f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.runner: Runner | None = None
@@ -129,6 +146,8 @@ class RunManager:
             settings.max_recorded_output_bytes,
             self._call,
             self._changed_steps,
+            metrics,
+            self.health,
         )
         # What /invoke calls with each finished run: the hot path's only cost of recording.
         self.record = self.recorder.record if settings.record_invocations else _not_recorded
@@ -182,14 +201,29 @@ class RunManager:
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
-        try:
-            await self.flush()
-        except Exception:
-            logger.exception("could not write the last run records at shutdown")
+        await self._last_flush(time.time() + LAST_FLUSH_SECONDS)
         if self._webhooks is not None:
             await self._webhooks.close()
         await self._call(self.store.close)
         self._db.shutdown(wait=False)
+
+    async def _last_flush(self, give_up_at: float) -> None:
+        """Write what the buffer holds before the process exits; through a short outage
+        of the database too, but never past `give_up_at`."""
+        wait = 0.1
+        while True:
+            try:
+                await self.flush()
+                return
+            except Exception as exc:
+                if not is_transient(exc) or time.time() + wait > give_up_at:
+                    logger.error(
+                        "could not write the last run records at shutdown; they are lost",
+                        extra={"error": str(exc).splitlines()[0] if str(exc) else repr(exc)},
+                    )
+                    return
+                await asyncio.sleep(wait)
+                wait = min(1.0, wait * 2)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
@@ -198,8 +232,49 @@ class RunManager:
         return task
 
     async def _call(self, func: Callable[..., T], *args: Any) -> T:
+        """A blocking store call, in the store's threads; its outcome is the store's health."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._db, functools.partial(func, *args))
+        try:
+            result = await loop.run_in_executor(self._db, functools.partial(func, *args))
+        except Exception as exc:
+            if is_transient(exc):
+                self.health.failed(exc)
+            raise
+        self.health.ok()
+        return result
+
+    async def _store(self, func: Callable[..., T], *args: Any) -> T:
+        """A store call a request waits on: a database out of reach is tried again a few
+        times, then answered 503 with `Retry-After`, never 500."""
+        for wait in (*STORE_RETRIES, None):
+            try:
+                return await self._call(func, *args)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                if wait is None:
+                    raise StoreUnavailable(
+                        "the run store is out of reach; retry later (/invoke still serves)",
+                        retry_after=STORE_RETRY_AFTER,
+                    ) from None
+                await asyncio.sleep(wait)
+        raise AssertionError("unreachable")
+
+    async def _until_written(self, func: Callable[..., T], *args: Any) -> T:
+        """A write that must not be lost (a batch run's end): tried again, with backoff,
+        for as long as the database stays out of reach and this process lives."""
+        return await self._until_done(functools.partial(self._call, func, *args))
+
+    async def _until_done(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        wait = 0.1
+        while True:
+            try:
+                return await attempt()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                await asyncio.sleep(wait)
+                wait = min(MAX_FINAL_WRITE_BACKOFF, wait * 2)
 
     # -- /invoke records ------------------------------------------------------------
 
@@ -256,7 +331,7 @@ class RunManager:
             run_id, 1, "queued", {"run_id": run_id, "status": "queued", "at": now}, now
         )
         try:
-            stored, created = await self._call(
+            stored, created = await self._store(
                 self.store.submit, row, first, self.settings.max_queued_runs
             )
         except QueueFull as exc:
@@ -284,8 +359,9 @@ class RunManager:
                     row = await self._call(
                         self.store.claim_next, self.owner, time.time(), self.settings.run_lease
                     )
-            except Exception:
-                logger.exception("claiming a queued run failed; will retry")
+            except Exception as exc:
+                if not is_transient(exc):
+                    logger.exception("claiming a queued run failed; will retry")
             if row is None:
                 self._slots.release()
                 await _wait_and_clear(self._work, self.settings.poll_interval)
@@ -295,7 +371,9 @@ class RunManager:
     async def _execute(self, row: dict[str, Any]) -> None:
         """Run a claimed run to its end; the worker slot is freed when its threads end."""
         run_id = row["run_id"]
-        active = ActiveRun(run_id, row.get("webhook_url"), row["next_event_id"])
+        active = ActiveRun(
+            run_id, row.get("webhook_url"), row["next_event_id"], attempt=row.get("attempt")
+        )
         self.active[run_id] = active
         inv: Invocation | None = None
         try:
@@ -384,8 +462,19 @@ class RunManager:
         if values.get("error"):
             data["error"] = values["error"]
         terminal = NewEvent(active.run_id, active.next_event_id, status, data, now)
-        await self.flush()
-        if not await self._call(self.store.finish, active.run_id, self.owner, values, terminal):
+        if active.lost and status == "cancelled":
+            # Stopped here because another process has the run now: not the run's end.
+            logger.warning(
+                "run was taken over by another process: stopped here",
+                extra={"run_id": active.run_id},
+            )
+            return
+        # The step events first, then the end; through an outage of the database too.
+        await self._until_done(self.recorder.flush)
+        written = await self._until_written(
+            self.store.finish, active.run_id, self.owner, values, terminal, active.attempt
+        )
+        if not written:
             logger.warning(
                 "run was taken over by another process: its result here is dropped",
                 extra={"run_id": active.run_id},
@@ -399,9 +488,9 @@ class RunManager:
 
     async def _interrupt(self, active: ActiveRun, inv: Invocation) -> None:
         """Shutdown caught the run unfinished: requeue it if safe, else fail it."""
-        await self.flush()
+        await self._until_done(self.recorder.flush)
         if self.pipeline.retry_safe:
-            await self._call(self.store.release, active.run_id, self.owner, time.time())
+            await self._until_written(self.store.release, active.run_id, self.owner, time.time())
             return
         values = interrupted_values(time.time(), inv.started_at, live_steps(inv), webhook=False)
         await self._end(active, values, inv)
@@ -411,38 +500,42 @@ class RunManager:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.run_lease / 3)
-            mine = [run_id for run_id, a in self.active.items() if not a.finished]
+            # Finished runs too, while their end waits to be written (the database is out).
+            mine = list(self.active)
             if not mine:
                 continue
             try:
                 cancel, lost = await self._call(
                     self.store.renew_leases, self.owner, mine, time.time(), self.settings.run_lease
                 )
-            except Exception:
-                logger.exception("renewing run leases failed; will retry")
+            except Exception as exc:
+                if not is_transient(exc):
+                    logger.exception("renewing run leases failed; will retry")
                 continue
             for run_id in cancel | lost:
                 active = self.active.get(run_id)
-                if active is not None:
+                if active is not None and not active.finished:
                     if run_id in lost:
                         logger.warning(
                             "lost the lease of a run (this process stalled); stopping it here",
                             extra={"run_id": run_id},
                         )
+                        active.lost = True
                     active.stop()
 
     async def _maintenance_loop(self) -> None:
         while True:
             try:
                 await self._maintain()
-            except Exception:
-                logger.exception("run store maintenance failed; will retry")
+            except Exception as exc:
+                if not is_transient(exc):
+                    logger.exception("run store maintenance failed; will retry")
             await _wait_and_clear(self._maintenance, self.settings.poll_interval)
 
     async def _maintain(self) -> None:
         now = time.time()
         requeued, failed = await self._call(
-            self.store.recover_expired, now, self.pipeline.retry_safe
+            self.store.recover_expired, now, self.pipeline.retry_safe, self.owner
         )
         for run_id in requeued:
             logger.warning("requeued a run whose process died", extra={"run_id": run_id})
@@ -499,7 +592,7 @@ class RunManager:
         pending = self.recorder.pending_row(run_id)
         if pending is not None:
             return pending
-        row = await self._call(self.store.get, run_id)
+        row = await self._store(self.store.get, run_id)
         active = self.active.get(run_id)
         if row is not None and active is not None and active.invocation is not None:
             if row["status"] == "running" and not active.finished:
@@ -516,8 +609,11 @@ class RunManager:
         self, status: str | None, limit: int, cursor: str | None
     ) -> tuple[list[dict[str, Any]], str | None]:
         before = decode_cursor(cursor) if cursor is not None else None
-        await self.flush()
-        rows = await self._call(self.store.list_runs, status, limit + 1, before)
+        # This process's own records first, so that the page has them; if the database
+        # is out, the read below answers 503.
+        with contextlib.suppress(Exception):
+            await self.flush()
+        rows = await self._store(self.store.list_runs, status, limit + 1, before)
         more = len(rows) > limit
         rows = rows[:limit]
         next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["seq"]) if more else None
@@ -531,12 +627,12 @@ class RunManager:
                            status=row["status"])  # fmt: skip
         if row["status"] == "queued":
             webhook = bool(row.get("webhook_url")) and self._webhooks is not None
-            if await self._call(self.store.cancel_queued, run_id, time.time(), webhook):
+            if await self._store(self.store.cancel_queued, run_id, time.time(), webhook):
                 if webhook:
                     self._maintenance.set()
                 return await self.require(run_id), True
         # Recorded first: the process running it, this one or another, acts on it.
-        await self._call(self.store.request_cancel, run_id, time.time())
+        await self._store(self.store.request_cancel, run_id, time.time())
         active = self.active.get(run_id)
         if active is not None:
             active.stop()
@@ -566,11 +662,14 @@ class RunManager:
             active = self.active.get(run_id)
             waiter = active.changed if active is not None else None
             if active is None or not replayed:
-                for event in await self._call(self.store.events_after, run_id, last):
+                stored = await self._store(self.store.events_after, run_id, last)
+                for event in stored:
                     yield event
                     last = event.event_id
-                    if event.kind in TERMINAL:
-                        return
+                # A terminal event followed by others was lease recovery's guess, which
+                # the run's own end replaced: the stream ends with the last word.
+                if stored and stored[-1].kind in TERMINAL:
+                    return
                 replayed = True
             if active is not None:
                 for event in list(active.events):

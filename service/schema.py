@@ -376,6 +376,9 @@ class PipelineInfo(BaseModel):
 
 class HealthResponse(BaseModel):
     status: str
+    store: Optional[Literal["ok", "degraded"]] = Field(
+        None, description="/ready: `degraded` while the run store is out of reach."
+    )
 
 
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "timed_out"]

@@ -119,7 +119,7 @@ def test_image_command_serves_and_its_healthcheck_passes(tmp_path: Path) -> None
     server = ServerProcess(f"http://127.0.0.1:{port}", port, proc, log_path)
     try:
         info = server.wait_for("/ready", timeout=60)
-        assert info.json() == {"status": "ready"}
+        assert info.json() == {"status": "ready", "store": "ok"}
         with server.client() as http:
             assert http.get("/info").json()["pipeline_name"] == "training_pipeline"
         healthy = subprocess.run(probe, env=env, capture_output=True, text=True, timeout=30)

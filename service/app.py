@@ -44,7 +44,7 @@ from .openapi import build_openapi
 from .pipeline import Pipeline
 from .records import Deployment, iso, running_step, step_records, utc
 from .responses import JSONBody
-from .runner import Invocation, Runner
+from .runner import Invocation, Runner, StepError
 from .runs import RunManager
 from .runs_api import RunsAPI
 from .schema import InvokeRequestData, RequestModels
@@ -54,6 +54,10 @@ from .store import StoreError, default_sqlite_url
 from .ui import ui_routes
 
 logger = logging.getLogger("pipeserve.app")
+
+# Invocations still in flight this long before the server's grace period ends are
+# answered 503 by us, before the server cancels them with a plain-text 500.
+ABANDON_MARGIN = 0.5
 
 
 async def _maybe_await(result: Any) -> Any:
@@ -99,6 +103,10 @@ class PipelineService:
         self._background: set[asyncio.Task[Any]] = set()
         self._init_task: asyncio.Task[Any] | None = None
         self._cleaned_up = False
+        # The deadlines of the invocations in flight, so that shutdown can end them when
+        # its grace period is over (`abandon_invocations`).
+        self._clocks: set[asyncio.Timeout] = set()
+        self.abandoned = False
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -125,15 +133,38 @@ class PipelineService:
         loop = asyncio.get_running_loop()
         delay = self.settings.shutdown_delay
 
+        def close_listener(sig: int, frame: Any) -> None:
+            # The server's graceful shutdown starts now and lasts `grace_period`: what is
+            # still running just before it ends is answered and abandoned by us, so that
+            # callers get the JSON error and the process exits in time.
+            loop.call_later(
+                max(0.0, self.settings.grace_period - ABANDON_MARGIN), self.abandon_invocations
+            )
+            previous(sig, frame)
+
         def on_sigterm(sig: int, frame: Any) -> None:
             if self.draining or delay <= 0:
                 self.begin_drain()
-                previous(sig, frame)
+                loop.call_soon_threadsafe(close_listener, sig, frame)
                 return
             self.begin_drain()
-            loop.call_soon_threadsafe(loop.call_later, delay, previous, sig, None)
+            loop.call_soon_threadsafe(loop.call_later, delay, close_listener, sig, None)
 
         signal.signal(signal.SIGTERM, on_sigterm)
+
+    def abandon_invocations(self) -> None:
+        """The grace period is over: end every invocation still in flight now. Its
+        caller gets 503; a sync step still running is left to its thread."""
+        if not self._clocks:
+            return
+        logger.warning(
+            "grace period over: abandoning invocations in flight",
+            extra={"invocations": len(self._clocks)},
+        )
+        self.abandoned = True
+        now = asyncio.get_running_loop().time()
+        for clock in self._clocks:
+            clock.reschedule(now)
 
     def begin_drain(self) -> None:
         if not self.draining:
@@ -197,6 +228,10 @@ class PipelineService:
         started = self._drain_started or time.time()
         deadline = started + self.settings.shutdown_delay + self.settings.grace_period
         await self.runs.close(deadline)
+        # What is left waits on threads of abandoned sync steps (to free their slots):
+        # nothing waits for those any more.
+        for task in self._background:
+            task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.cleanup()
         if self.executor is not None:
@@ -281,10 +316,17 @@ class PipelineService:
         request.scope["state"]["run_id"] = inv.run_id
         await self._acquire_slot()
         try:
-            async with timeout(deadline):
-                await runner.run(inv)
+            async with timeout(deadline) as clock:
+                self._clocks.add(clock)
+                try:
+                    await runner.run(inv)
+                finally:
+                    self._clocks.discard(clock)
         except TimeoutError:
-            inv.status = "timed_out"
+            if self.abandoned:
+                _abandon(inv)
+            else:
+                inv.status = "timed_out"
             inv.finished_at = time.time()
         finally:
             inv.release_when_threads_end(self.slots, self._spawn)
@@ -299,6 +341,8 @@ class PipelineService:
                 metadata=metadata,
             )
         if inv.status == "failed":
+            if inv.error is not None and inv.error.type == "interrupted":
+                raise ServiceUnavailable(inv.error.message, retry_after=1, metadata=metadata)
             raise self._step_failure(inv, metadata)
         document = {
             "success": True,
@@ -402,6 +446,16 @@ class PipelineService:
 
     async def metrics_endpoint(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type=self.metrics.content_type)
+
+
+def _abandon(inv: Invocation) -> None:
+    """Shutdown's grace period ended the invocation: failed, as a batch run would be."""
+    inv.cancel()
+    step = running_step(inv) or ""
+    inv.status = "failed"
+    inv.error = StepError(
+        step, "interrupted", "the server shut down before the invocation finished", ""
+    )
 
 
 async def _service_error(request: Request, exc: Exception) -> Response:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import signal
 import sys
 import tempfile
+import time
 import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,6 +46,8 @@ from .logs import configure_logging, flush_logs
 from .params import ParameterError, describe_type, parse_parameters
 from .settings import Settings, describe_error, keys_file, settings_env
 from .store import StoreError
+
+logger = logging.getLogger("pipeserve.cli")
 
 # Settings that `serve` takes as its own arguments or options, not generated ones.
 _SERVE_OWN = {"pipeline"}
@@ -166,14 +170,46 @@ def run_server(settings: Settings, pipeline: Any) -> None:
 
     app = create_app(pipeline, settings)
     server = Server(uvicorn.Config(app, **common))
-    server.run()
-    error = app.state.service.init_error
-    if isinstance(error, StoreError):
-        _fail(f"cannot open the run store: {error}", code=1)
-    if error is not None:
-        _fail(f"on_init failed: {error!r}", code=1)
-    if not server.started:
-        sys.exit(1)
+    code: Any = 0
+    try:
+        server.run()
+        error = app.state.service.init_error
+        if isinstance(error, StoreError):
+            _fail(f"cannot open the run store: {error}", code=1)
+        if error is not None:
+            _fail(f"on_init failed: {error!r}", code=1)
+        if not server.started:
+            sys.exit(1)
+    except SystemExit as exc:
+        code = exc.code
+        raise
+    finally:
+        _exit_past_abandoned_threads(code)
+
+
+def _exit_past_abandoned_threads(code: Any) -> None:
+    """Exit now if threads of ours still run: a sync step the grace period abandoned
+    cannot be stopped, and the interpreter would wait for it at exit (the pool's threads
+    are joined), past any grace period an orchestrator allows."""
+    import threading
+
+    give_up = time.monotonic() + 0.5  # idle pool threads end in a moment
+    lingering = []
+    for thread in threading.enumerate():
+        if thread.name.startswith("pipeserve-") and not thread.daemon:
+            thread.join(max(0.0, give_up - time.monotonic()))
+            if thread.is_alive():
+                lingering.append(thread.name)
+    if not lingering:
+        return
+    logger.warning(
+        "exiting with threads still running (abandoned sync steps)",
+        extra={"threads": len(lingering)},
+    )
+    flush_logs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 1)
 
 
 @main.group()

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import ServerFactory
+from tests.test_runs import wait_status
 
 
 def test_sigterm_under_load_loses_no_request(servers: ServerFactory, tmp_path: Path) -> None:
@@ -58,3 +59,46 @@ def test_sigterm_under_load_loses_no_request(servers: ServerFactory, tmp_path: P
     assert outcomes.count("200") >= 8
     assert "503" in outcomes  # new work during the drain was refused, with Retry-After
     assert (tmp_path / f"cleanup-{server.proc.pid}").read_text() == "cleanup loaded\n"
+
+
+def test_a_stuck_sync_step_does_not_hold_shutdown_past_the_grace_period(
+    servers: ServerFactory, tmp_path: Path
+) -> None:
+    args = ("--grace-period", "2", "--shutdown-delay", "0", "--run-lease", "30")
+    env = {"TEST_MARKER_DIR": str(tmp_path)}
+    server = servers.start("tests.sample_pipelines:slow_with_state", *args, env=env)
+    answers: list[httpx.Response] = []
+
+    def invoke() -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            answers.append(http.post("/invoke", json={"parameters": {"seconds": 40}}))
+
+    caller = threading.Thread(target=invoke)
+    caller.start()
+    with server.client() as http:
+        run_id = http.post("/runs", json={"parameters": {"seconds": 40}}).json()["run_id"]
+        wait_status(http, run_id, {"running"})
+    time.sleep(0.3)  # the invocation's step is in its thread
+    pid = server.proc.pid
+    sent = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(2 + 5) == 0
+    assert time.monotonic() - sent < 2 + 5
+    caller.join(10)
+
+    # The caller got the documented JSON error, not a plain-text 500 or a reset.
+    [answer] = answers
+    assert answer.status_code == 503, answer.text
+    body = answer.json()
+    assert body["success"] is False and body["error"]["type"] == "unavailable"
+    assert body["metadata"]["status"] == "failed"
+    assert answer.headers["x-request-id"]
+    assert (tmp_path / f"cleanup-{pid}").read_text() == "cleanup loaded\n"
+
+    # The batch run was failed as interrupted (the pipeline is not safe to retry).
+    again = servers.start("tests.sample_pipelines:slow_with_state", *args, env=env)
+    with again.client() as http:
+        record = http.get(f"/runs/{run_id}").json()
+        assert record["status"] == "failed" and record["error"]["type"] == "interrupted"
+        invoked = http.get(f"/runs/{body['metadata']['run_id']}").json()
+        assert invoked["status"] == "failed" and invoked["error"]["type"] == "interrupted"

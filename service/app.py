@@ -85,7 +85,9 @@ class PipelineService:
         self.executor: ThreadPoolExecutor | None = None
         self.slots = asyncio.Semaphore(settings.max_concurrency)
         self.keys = KeyRing(
-            KeyFile(keys_file(settings)), parse_hash_setting(settings.auth_key_hashes)
+            KeyFile(keys_file(settings)),
+            parse_hash_setting(settings.auth_key_hashes),
+            settings.auth,
         )
         self.metrics = Metrics(pipeline.name, pipeline.version)
         self.runs = RunManager(
@@ -217,7 +219,11 @@ class PipelineService:
         self.ready = not self.draining
         logger.info(
             "ready",
-            extra={"pipeline": self.pipeline.name, "on_init_seconds": round(self.init_duration, 6)},
+            extra={
+                "pipeline": self.pipeline.name,
+                "on_init_seconds": round(self.init_duration, 6),
+                "auth": self.keys.source,
+            },
         )
 
     async def shutdown(self) -> None:

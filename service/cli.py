@@ -260,9 +260,17 @@ def keys_revoke(name: str, **options: Any) -> None:
     file = _key_file(options)
     try:
         file.revoke(name)
+        left = file.load()
     except KeyStoreError as exc:
         _fail(str(exc))
     click.echo(f"pipeserve: key '{name}' revoked", err=True)
+    if not left:
+        click.echo(
+            f"pipeserve: warning: no key is left in {file.path}: servers using it now refuse "
+            "every request until a key is made (`pipeserve keys create`); to turn auth off, "
+            "delete the file or serve with --auth off",
+            err=True,
+        )
 
 
 # -- local deployments ------------------------------------------------------------------

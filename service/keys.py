@@ -1,6 +1,10 @@
 """Where auth key hashes live: a JSON file (`pipeserve keys ...`) and a setting (a Secret).
 
-Auth is on whenever either holds a key. The server re-reads the file when its mtime
+Auth is on once enabled: while the keys file exists (even with no key left in it: revoking
+the last key must not open the server), while the setting holds a key, or always with
+`auth="required"`; only `auth="off"` (or deleting the file) turns it off. A keys file that
+cannot be read keeps auth on with no valid key: it fails closed.
+The server re-reads the file when its mtime
 changes, looked at no more than once a second, so `pipeserve keys revoke` takes effect
 in a running server without a restart and requests never pay for a `stat`.
 """
@@ -8,6 +12,7 @@ in a running server without a restart and requests never pay for a `stat`.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -16,6 +21,8 @@ from pathlib import Path
 
 from .auth import generate_key, hash_key, is_key_hash, matches
 from .files import NAME, write_private
+
+logger = logging.getLogger("pipeserve.auth")
 
 
 class KeyStoreError(Exception):
@@ -107,17 +114,30 @@ class KeyFile:
 class KeyRing:
     """The valid hashes for one server process."""
 
-    def __init__(self, file: KeyFile, setting_records: list[KeyRecord]) -> None:
+    def __init__(self, file: KeyFile, setting_records: list[KeyRecord], mode: str = "auto") -> None:
         self.file = file
+        self.mode = mode
         self._setting = [r.hash for r in setting_records]
         self._hashes: tuple[str, ...] = tuple(self._setting)
+        self._file_exists = False
         self._mtime: float | None = None
         self._checked = 0.0
         self.refresh(force=True)
 
     @property
     def enabled(self) -> bool:
-        return bool(self._hashes)
+        if self.mode == "off":
+            return False
+        return self.mode == "required" or self._file_exists or bool(self._setting)
+
+    @property
+    def source(self) -> str:
+        """Where auth comes from, for the start-up log (never a key)."""
+        if not self.enabled:
+            return "off"
+        parts = [name for name, on in (("file", self._file_exists),
+                                       ("setting", bool(self._setting))) if on]  # fmt: skip
+        return "+".join(parts) or "required"
 
     def refresh(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -131,7 +151,17 @@ class KeyRing:
         if not force and mtime == self._mtime:
             return
         self._mtime = mtime
-        file_hashes = [r.hash for r in self.file.load()] if mtime is not None else []
+        self._file_exists = mtime is not None
+        file_hashes: list[str] = []
+        if mtime is not None:
+            try:
+                file_hashes = [r.hash for r in self.file.load()]
+            except (KeyStoreError, KeyError, TypeError) as exc:
+                # Fail closed: a file we cannot read still means auth is on.
+                logger.error(
+                    "cannot read the keys file; refusing its keys until it is fixed",
+                    extra={"path": str(self.file.path), "error": str(exc)},
+                )
         self._hashes = tuple(self._setting + file_hashes)
 
     def accepts(self, key: str) -> bool:

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
         "",
         description="More valid keys, as comma-separated name:sha256:<hex> (e.g. from a Secret).",
     )
+    auth: Literal["auto", "required", "off"] = Field(
+        "auto",
+        description="auto: auth is on while the keys file exists or a key hash is set; "
+        "required: on even with no key (all refused until one is made); off: no auth.",
+    )
     metrics_auth: bool = Field(False, description="Require the auth key for /metrics too.")
     max_body_bytes: int = Field(
         1_048_576, ge=1, description="Largest request body in bytes (413 beyond)."

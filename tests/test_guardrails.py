@@ -231,3 +231,42 @@ def test_keys_file_holds_only_hashes(tmp_path: Path) -> None:
     assert set(record) == {"name", "hash", "created_at"}
     assert record["name"] == "key-1"
     assert record["hash"] == hash_key(result.stdout.strip())
+
+
+def test_revoking_the_last_key_leaves_auth_on(servers: ServerFactory, tmp_path: Path) -> None:
+    server = servers.start("tests.sample_pipelines:echo", env={"PIPESERVE_HOME": str(tmp_path)})
+    key = cli("keys", "create", "--name", "only", home=tmp_path).stdout.strip()
+    revoked = cli("keys", "revoke", "only", home=tmp_path)
+    assert revoked.returncode == 0
+    assert "no key is left" in revoked.stderr and "--auth off" in revoked.stderr
+    time.sleep(1.2)  # the server looks at the keys file at most once a second
+    for headers in ({}, {"X-API-Key": key}):
+        assert httpx.post(server.url + "/invoke", json={}, headers=headers).status_code == 401
+        assert httpx.get(server.url + "/runs", headers=headers).status_code == 401
+        assert httpx.get(server.url + "/info", headers=headers).status_code == 401
+    assert httpx.get(server.url + "/health").status_code == 200
+    fresh = cli("keys", "create", home=tmp_path).stdout.strip()
+    time.sleep(1.2)
+    headers = {"X-API-Key": fresh}
+    assert httpx.post(server.url + "/invoke", json={}, headers=headers).status_code == 200
+
+    # A keys file that cannot be read fails closed.
+    (tmp_path / "auth_keys.json").write_text("{not json")
+    time.sleep(1.2)
+    assert httpx.post(server.url + "/invoke", json={}, headers=headers).status_code == 401
+    assert httpx.get(server.url + "/health").status_code == 200
+    assert "cannot read the keys file" in server.logs()
+
+
+def test_auth_required_and_off_are_explicit(servers: ServerFactory, tmp_path: Path) -> None:
+    required = servers.start(
+        "tests.sample_pipelines:echo", "--auth", "required",
+        env={"PIPESERVE_HOME": str(tmp_path / "empty")},
+    )  # fmt: skip
+    assert httpx.post(required.url + "/invoke", json={}).status_code == 401
+    assert httpx.get(required.url + "/ready").status_code == 200
+    cli("keys", "create", home=tmp_path)
+    off = servers.start(
+        "tests.sample_pipelines:echo", "--auth", "off", env={"PIPESERVE_HOME": str(tmp_path)}
+    )
+    assert httpx.post(off.url + "/invoke", json={}).status_code == 200

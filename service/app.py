@@ -28,7 +28,6 @@ from starlette.routing import Route
 
 from . import __version__
 from .errors import (
-    BadRequest,
     DeadlineExceeded,
     ServiceError,
     ServiceUnavailable,
@@ -39,7 +38,7 @@ from .keys import KeyFile, KeyRing, parse_hash_setting
 from .loader import load_pipeline
 from .logs import configure_logging
 from .metrics import Metrics
-from .middleware import EdgeMiddleware, json_depth_exceeds
+from .middleware import EdgeMiddleware
 from .openapi import build_openapi
 from .pipeline import Pipeline
 from .records import Deployment, iso, running_step, step_records, utc
@@ -74,7 +73,13 @@ class PipelineService:
         self.deployment_id = str(
             uuid.uuid5(uuid.NAMESPACE_URL, f"pipeserve:{self.deployment_name}")
         )
-        self.models = RequestModels(pipeline)
+        # The limits every JSON entry point holds to, in the models and in the schema.
+        self.models = RequestModels(
+            pipeline,
+            max_timeout=settings.max_timeout,
+            max_json_depth=settings.max_json_depth,
+            webhooks=settings.webhook_secret is not None,
+        )
         self.openapi = dumps(build_openapi(self.models, self.deployment_name))
         self.state: Any = None
         self.runner: Runner | None = None
@@ -307,10 +312,7 @@ class PipelineService:
             self.metrics.queue_depth.dec()
 
     def parse_body(self, body: bytes) -> InvokeRequestData:
-        if json_depth_exceeds(body, self.settings.max_json_depth):
-            raise BadRequest(
-                f"the JSON body nests deeper than the limit of {self.settings.max_json_depth}"
-            )
+        # The models hold the body to max_json_depth, max_timeout and 64-bit integers.
         return self.models.parse_invoke(body)
 
     async def invoke(self, request: Request) -> Response:
@@ -486,14 +488,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     )
 
 
-async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    logger.error("unexpected error", exc_info=exc)
-    return JSONBody(
-        {"success": False, "error": {"type": "internal_error", "message": "internal server error"}},
-        status_code=500,
-    )
-
-
 def create_app(
     pipeline: Pipeline | str | None = None,
     settings: Settings | None = None,
@@ -535,7 +529,7 @@ def create_app(
     handlers: dict[Any, Callable[[Request, Exception], Any]] = {
         ServiceError: _service_error,
         HTTPException: _http_error,
-        Exception: _unexpected_error,
+        # Any other exception: EdgeMiddleware answers the 500, with the request id.
     }
     middleware = []
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
@@ -559,6 +553,7 @@ def create_app(
             metrics_auth=settings.metrics_auth,
             access_log=settings.access_log,
             draining=lambda: service.draining,
+            body_timeout=settings.body_timeout,
         )
     )
     app = Starlette(

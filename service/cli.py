@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -135,6 +136,18 @@ def serve(spec: str | None, generate_auth_key: bool, **options: Any) -> None:
     run_server(settings, pipeline)
 
 
+def connection_protocol(settings: Settings) -> Callable[..., Any]:
+    """uvicorn's httptools protocol with the header timeout and the connection limit; a
+    partial of a frozen dataclass, so it pickles into `--workers` processes."""
+    from .connections import ConnectionLimits, GuardedHttpToolsProtocol, default_max_connections
+
+    limits = ConnectionLimits(
+        header_timeout=settings.header_timeout,
+        max_connections=settings.max_connections or default_max_connections(),
+    )
+    return functools.partial(GuardedHttpToolsProtocol, limits=limits)
+
+
 def run_server(settings: Settings, pipeline: Any) -> None:
     import uvicorn
 
@@ -147,6 +160,8 @@ def run_server(settings: Settings, pipeline: Any) -> None:
         "access_log": False,
         "lifespan": "on",
         "timeout_graceful_shutdown": settings.grace_period,
+        "timeout_keep_alive": settings.keep_alive_timeout,
+        "http": connection_protocol(settings),
     }
     if settings.workers > 1:
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -55,6 +55,17 @@ class NotFound(ServiceError):
     error_type = "not_found"
 
 
+class RequestTimeout(ServiceError):
+    """The request body stopped arriving; the connection is closed after the answer."""
+
+    status_code = 408
+    error_type = "request_timeout"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.headers["Connection"] = "close"
+
+
 class Conflict(ServiceError):
     status_code = 409
     error_type = "conflict"

@@ -203,6 +203,9 @@ class Renderer:
             "shutdown_delay": self.o.shutdown_delay,
             "grace_period": self.o.grace_period,
         }
+        if self.o.auth_key_hashes:
+            # Rendered with keys: a Secret emptied later must not open the pods.
+            settings.setdefault("auth", "required")
         return settings_env(dict(sorted(settings.items())))
 
     def auth_data(self) -> dict[str, str]:
@@ -219,7 +222,9 @@ class Renderer:
         }
 
     def auth_secret(self) -> dict[str, Any]:
-        """Valid key hashes (never keys); with none, auth stays off until one is added."""
+        """Valid key hashes (never keys). Rendered with none, auth stays off until one is
+        added; rendered with some, the ConfigMap sets auth=required, so emptying the Secret
+        leaves the pods refusing every request rather than open."""
         secret: dict[str, Any] = {
             "apiVersion": "v1",
             "kind": "Secret",

@@ -3,9 +3,9 @@
 Auth is on once enabled: while the keys file exists (even with no key left in it: revoking
 the last key must not open the server), while the setting holds a key, or always with
 `auth="required"`; only `auth="off"` (or deleting the file) turns it off. A keys file that
-cannot be read keeps auth on with no valid key: it fails closed.
-The server re-reads the file when its mtime
-changes, looked at no more than once a second, so `pipeserve keys revoke` takes effect
+cannot be read keeps auth on with no valid key from it: it fails closed.
+The server re-reads the file when it changes (mtime, inode or size), looked at no more than
+once a second, so `pipeserve keys revoke` takes effect
 in a running server without a restart and requests never pay for a `stat`.
 """
 
@@ -18,11 +18,14 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 from .auth import generate_key, hash_key, is_key_hash, matches
 from .files import NAME, write_private
 
 logger = logging.getLogger("pipeserve.auth")
+
+AuthMode = Literal["auto", "required", "off"]
 
 
 class KeyStoreError(Exception):
@@ -72,9 +75,22 @@ class KeyFile:
             return []
         except (OSError, ValueError) as exc:
             raise KeyStoreError(f"cannot read the keys file {self.path}: {exc}") from exc
-        return [
-            KeyRecord(**{k: v for k, v in item.items() if k != "source"}) for item in data["keys"]
-        ]
+        try:
+            records = [
+                KeyRecord(**{k: v for k, v in item.items() if k != "source"})
+                for item in data["keys"]
+            ]
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise KeyStoreError(
+                f"cannot read the keys file {self.path}: not a list of keys ({exc!r})"
+            ) from exc
+        for record in records:
+            if not isinstance(record.hash, str) or not is_key_hash(record.hash):
+                raise KeyStoreError(
+                    f"cannot read the keys file {self.path}: key {record.name!r} has no "
+                    "valid sha256:<hex> hash"
+                )
+        return records
 
     def _save(self, records: list[KeyRecord]) -> None:
         document = {
@@ -114,15 +130,45 @@ class KeyFile:
 class KeyRing:
     """The valid hashes for one server process."""
 
-    def __init__(self, file: KeyFile, setting_records: list[KeyRecord], mode: str = "auto") -> None:
+    def __init__(
+        self, file: KeyFile, setting_records: list[KeyRecord], mode: AuthMode = "auto"
+    ) -> None:
         self.file = file
         self.mode = mode
         self._setting = [r.hash for r in setting_records]
         self._hashes: tuple[str, ...] = tuple(self._setting)
         self._file_exists = False
-        self._mtime: float | None = None
+        # Why the file cannot be read (None: it can, or it is absent); logged once a change.
+        self._file_error: str | None = None
+        self._signature: tuple[int, int, int] | None = None
         self._checked = 0.0
         self.refresh(force=True)
+        self._log_state()
+
+    def _log_state(self) -> None:
+        """One line at start: whether auth is on and from where (never a key)."""
+        where = {"auth": self.source, "keys_file": str(self.file.path)}
+        if self.enabled:
+            logger.info("auth is on", extra=where)
+        elif self.mode == "off" and (self._file_exists or self._setting):
+            logger.warning("auth is off (auth=off) although keys are configured", extra=where)
+        else:
+            logger.info("auth is off: no keys file and no key hash set", extra=where)
+
+    @property
+    def refusal(self) -> str | None:
+        """Why no key can get in, for the 401 body; None while some key is valid."""
+        if self._file_error is not None:
+            return (
+                "the server cannot read its auth keys file, so it accepts no key from it "
+                "until the file is fixed (see the server's log)"
+            )
+        if not self._hashes:
+            return (
+                "auth is on but no auth key is configured on this server: "
+                "make one with `pipeserve keys create`"
+            )
+        return None
 
     @property
     def enabled(self) -> bool:
@@ -144,24 +190,37 @@ class KeyRing:
         if not force and now - self._checked < 1.0:
             return
         self._checked = now
+        stat_error: OSError | None = None
+        signature: tuple[int, int, int] | None
         try:
-            mtime: float | None = self.file.path.stat().st_mtime
+            info = self.file.path.stat()
+            signature = (info.st_mtime_ns, info.st_ino, info.st_size)
         except FileNotFoundError:
-            mtime = None
-        if not force and mtime == self._mtime:
+            signature = None
+        except OSError as exc:  # e.g. a directory we may not enter: maybe there, unreadable
+            signature, stat_error = (-1, -1, -1), exc
+        if not force and signature == self._signature:
             return
-        self._mtime = mtime
-        self._file_exists = mtime is not None
+        self._signature = signature
+        self._file_exists = signature is not None
         file_hashes: list[str] = []
-        if mtime is not None:
+        error: str | None = None
+        if stat_error is not None:
+            error = f"cannot read the keys file {self.file.path}: {stat_error}"
+        elif signature is not None:
             try:
                 file_hashes = [r.hash for r in self.file.load()]
-            except (KeyStoreError, KeyError, TypeError) as exc:
-                # Fail closed: a file we cannot read still means auth is on.
-                logger.error(
-                    "cannot read the keys file; refusing its keys until it is fixed",
-                    extra={"path": str(self.file.path), "error": str(exc)},
-                )
+            except KeyStoreError as exc:
+                error = str(exc)
+        # Fail closed: a file that cannot be read still means auth is on, with none of its keys.
+        if error is not None and error != self._file_error:
+            logger.error(
+                "cannot read the keys file; accepting none of its keys until it is fixed",
+                extra={"path": str(self.file.path), "error": error},
+            )
+        elif error is None and self._file_error is not None:
+            logger.info("the keys file is readable again", extra={"path": str(self.file.path)})
+        self._file_error = error
         self._hashes = tuple(self._setting + file_hashes)
 
     def accepts(self, key: str) -> bool:

@@ -5,13 +5,16 @@ One layer rather than five keeps the per-request cost to a few microseconds.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import PayloadTooLarge, ServiceError, Unauthorized
+from .errors import PayloadTooLarge, RequestTimeout, ServiceError, Unauthorized
 from .keys import KeyRing
 from .logs import log_access
 from .metrics import Metrics
@@ -24,6 +27,8 @@ QUIET = frozenset({"/health", "/ready", "/metrics"})
 # the API docs pages, and their static assets (under PUBLIC_PREFIX); they hold no data.
 PUBLIC = frozenset({"/health", "/ready", "/", "/docs"})
 PUBLIC_PREFIX = "/ui/"
+
+logger = logging.getLogger("pipeserve.app")
 
 
 def _error_response(exc: ServiceError, request_id: str) -> tuple[Message, Message]:
@@ -70,8 +75,10 @@ class EdgeMiddleware:
         metrics_auth: bool,
         access_log: bool,
         draining: Callable[[], bool],
+        body_timeout: float = 30.0,
     ) -> None:
         self.app = app
+        self.body_timeout = body_timeout
         self.draining = draining
         self.keys = keys
         self.metrics = metrics
@@ -95,33 +102,45 @@ class EdgeMiddleware:
             key = presented_key(headers)
             if key is None or not self.keys.accepts(key):
                 error = Unauthorized(
-                    "a valid auth key is required: send 'Authorization: Bearer <key>' "
-                    "or 'X-API-Key: <key>'"
-                    if key is None
-                    else "the auth key is not valid"
+                    # With no valid key at all (the last one revoked, or the keys file
+                    # unreadable), say so: no key the client could send would get in.
+                    self.keys.refusal
+                    or (
+                        "a valid auth key is required: send 'Authorization: Bearer <key>' "
+                        "or 'X-API-Key: <key>'"
+                        if key is None
+                        else "the auth key is not valid"
+                    )
                 )
                 error.headers["WWW-Authenticate"] = 'Bearer realm="pipeserve"'
         if error is None and path not in PROBES:
             length = _header(headers, b"content-length")
             if length is not None and length.isdigit():
-                if int(length) > self.max_body_bytes:
+                size = int(length)
+                if size > self.max_body_bytes:
                     error = PayloadTooLarge(
                         f"the body is larger than the limit of {self.max_body_bytes} bytes"
                     )
+                elif size:
+                    receive = self._timed(receive)
                 # Else the server reads no more than Content-Length: nothing left to count.
             else:
                 receive = self._limited(receive)
+                if _header(headers, b"transfer-encoding") is not None:
+                    receive = self._timed(receive)
 
         quiet = path in QUIET
         status = 500
+        started = False
         start = time.perf_counter()
         if not quiet:
             self.metrics.in_flight.inc()
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                started = True
                 extra = [(b"x-request-id", request_id.encode())]
                 if self.draining():
                     # No keep-alive while draining: a request sent on an idle connection
@@ -138,6 +157,22 @@ class EdgeMiddleware:
                 await send(body_message)
             else:
                 await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            # The client left mid-body: nothing to answer, and not the server's failure
+            # (nginx's 499 in the metrics and the access log).
+            status = 499
+            logger.debug("client disconnected", extra={"request_id": request_id})
+        except Exception as exc:
+            if started:
+                raise  # uvicorn closes the connection: the response cannot be finished
+            answer = exc if isinstance(exc, ServiceError) else ServiceError("internal server error")
+            if answer is not exc:
+                logger.error("unexpected error", exc_info=exc, extra={"request_id": request_id})
+            # Answered here, inside the request id and the keep-alive connection.
+            start_message, body_message = _error_response(answer, request_id)
+            status = answer.status_code
+            await send(start_message)
+            await send(body_message)
         finally:
             if not quiet:
                 duration = time.perf_counter() - start
@@ -154,6 +189,28 @@ class EdgeMiddleware:
                         scope["state"].get("run_id"),
                         request_id,
                     )
+
+    def _timed(self, receive: Receive) -> Receive:
+        """Answer 408 when the next chunk of the body takes more than `body_timeout` seconds."""
+        seconds = self.body_timeout
+        done = False
+
+        async def timed() -> Message:
+            nonlocal done
+            if done:  # after the body: waiting for the disconnect, as long as it takes
+                return await receive()
+            try:
+                async with asyncio.timeout(seconds):
+                    message = await receive()
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"the request body stopped arriving: nothing came for {seconds} seconds"
+                ) from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                done = True
+            return message
+
+        return timed
 
     def _limited(self, receive: Receive) -> Receive:
         """Count a body sent without Content-Length (chunked) against the limit as it arrives."""

@@ -8,7 +8,10 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from . import __version__
+from .runs import CURSOR_PATTERN
+from .runs_api import MAX_EVENT_ID, MAX_KEY_LENGTH, MAX_PAGE, RUN_ID_LENGTH, RUN_ID_PATTERN
 from .schema import (
+    EdgeJsonSchema,
     ErrorResponse,
     HealthResponse,
     InvokeFailure,
@@ -71,7 +74,20 @@ _SSE_EVENT = {
     "required": ["id", "event", "data"],
 }  # fmt: skip
 
-_RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}
+# The server's own checks, stated: anything else is refused before it reaches the store.
+_RUN_ID = {
+    "name": "run_id",
+    "in": "path",
+    "required": True,
+    "description": "A run id this server gave out (a UUID); any other answers 404.",
+    "schema": {
+        "type": "string",
+        "pattern": RUN_ID_PATTERN,
+        "minLength": RUN_ID_LENGTH,
+        "maxLength": RUN_ID_LENGTH,
+    },
+}
+_EVENT_ID = {"type": "integer", "minimum": 0, "maximum": MAX_EVENT_ID}
 
 
 # Always declared (auth turns on whenever a key exists, at run time): the docs page's
@@ -88,6 +104,25 @@ SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKeyHeader": []}
 PUBLIC_PATHS = ("/health", "/ready")
 
 
+def _forbid_clashes(submit: dict[str, Any]) -> None:
+    """Say in the schema what `parse_submit` refuses: `steps` or `parameters` given both at
+    the top level and (not null) in `run_configuration`."""
+    clashes = [
+        {
+            "required": [field, "run_configuration"],
+            "properties": {
+                "run_configuration": {
+                    "type": "object",
+                    "required": [field],
+                    "properties": {field: {"type": "object"}},
+                }
+            },
+        }
+        for field in ("steps", "parameters")
+    ]
+    submit["not"] = {"anyOf": clashes}
+
+
 def build_openapi(models: RequestModels, deployment_name: str) -> dict[str, Any]:
     pipeline = models.pipeline
     models_used: list[tuple[type[BaseModel], Any]] = [
@@ -102,7 +137,9 @@ def build_openapi(models: RequestModels, deployment_name: str) -> dict[str, Any]
             )
         ),
     ]  # fmt: skip
-    keys, schema = models_json_schema(models_used, ref_template=_REF)
+    keys, schema = models_json_schema(
+        models_used, ref_template=_REF, schema_generator=EdgeJsonSchema
+    )
 
     def ref(model: type[BaseModel]) -> str:
         return str(keys[(model, "validation")]["$ref"])
@@ -110,13 +147,16 @@ def build_openapi(models: RequestModels, deployment_name: str) -> dict[str, Any]
     components = schema.get("$defs", {})
     # The request example, filled from the pipeline's defaults, for the docs' "Try it out".
     example = components[ref(models.invoke).rsplit("/", 1)[-1]].get("example")
+    _forbid_clashes(components[ref(models.submit).rsplit("/", 1)[-1]])
+    # A pipeline with a required parameter needs a body; with none, `{}` is the default.
+    body_required = models.has_required
 
     paths: dict[str, Any] = {
         "/invoke": {
             "post": {
                 "operationId": "invoke",
                 "summary": "Run the pipeline and return its outputs",
-                "requestBody": _body(ref(models.invoke), example=example),
+                "requestBody": _body(ref(models.invoke), body_required, example),
                 "responses": {
                     "200": _json("InvokeResponse", "The pipeline ran; its outputs."),
                     "500": _json("InvokeFailure", "A step raised."),
@@ -134,10 +174,10 @@ def build_openapi(models: RequestModels, deployment_name: str) -> dict[str, Any]
                         "in": "header",
                         "required": False,
                         "description": "The same key returns the same run.",
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
                     }
                 ],
-                "requestBody": _body(ref(models.submit), example=example),
+                "requestBody": _body(ref(models.submit), body_required, example),
                 "responses": {
                     "202": _json("RunAccepted", "Queued, safely in the run store."),
                     **_errors(400, 413, 422, 429, 503),
@@ -160,13 +200,24 @@ def build_openapi(models: RequestModels, deployment_name: str) -> dict[str, Any]
                         "name": "limit",
                         "in": "query",
                         "required": False,
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_PAGE,
+                            "default": 50,
+                        },
                     },
                     {
                         "name": "cursor",
                         "in": "query",
                         "required": False,
-                        "schema": {"type": "string"},
+                        "description": "A `next_cursor` of an earlier page; any other is a 422.",
+                        # An opaque token: the format names what only the server can make.
+                        "schema": {
+                            "type": "string",
+                            "format": "pipeserve-cursor",
+                            "pattern": CURSOR_PATTERN,
+                        },
                     },
                 ],
                 "responses": {"200": _json("RunList", "A page of runs."), **_errors(422)},
@@ -190,7 +241,17 @@ def build_openapi(models: RequestModels, deployment_name: str) -> dict[str, Any]
                         "name": "Last-Event-ID",
                         "in": "header",
                         "required": False,
-                        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                        "description": "Only the events after this one (as EventSource resends "
+                        "it on a reconnect).",
+                        "schema": _EVENT_ID,
+                    },
+                    {
+                        "name": "last_event_id",
+                        "in": "query",
+                        "required": False,
+                        "description": "As `Last-Event-ID`, for clients that cannot set a "
+                        "header; the header wins.",
+                        "schema": _EVENT_ID,
                     },
                 ],
                 "responses": {

@@ -22,7 +22,9 @@ import base64
 import contextlib
 import functools
 import logging
+import math
 import os
+import re
 import socket
 import time
 import uuid
@@ -670,6 +672,10 @@ class RunManager:
                 # the run's own end replaced: the stream ends with the last word.
                 if stored and stored[-1].kind in TERMINAL:
                     return
+                # Ended before the stream began, and nothing after `after` (a Last-Event-ID
+                # at or past its end): nothing more will come.
+                if not stored and active is None and row["status"] in TERMINAL:
+                    return
                 replayed = True
             if active is not None:
                 for event in list(active.events):
@@ -696,11 +702,24 @@ def encode_cursor(created_at: float, seq: int) -> str:
     return base64.urlsafe_b64encode(f"{created_at!r}:{seq}".encode()).decode().rstrip("=")
 
 
+# What encode_cursor makes: unpadded URL-safe base64 of `<created_at>:<seq>`.
+CURSOR_PATTERN = "^[A-Za-z0-9_-]{1,128}$"
+_CURSOR = re.compile(CURSOR_PATTERN)
+_SEQ_MAX = 2**63 - 1  # the store's BIGINT
+
+
 def decode_cursor(cursor: str) -> tuple[float, int]:
+    """A cursor's place; 422 `cursor` for one this server did not give out: the values
+    bound to SQL are a finite float and a sequence number from 0 to 2**63-1."""
     try:
+        if not _CURSOR.fullmatch(cursor):
+            raise ValueError(cursor)
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, seq = text.split(":")
-        return float(created), int(seq)
+        created_text, seq_text = text.split(":")
+        created, seq = float(created_text), int(seq_text)
+        if not math.isfinite(created) or not 0 <= seq <= _SEQ_MAX:
+            raise ValueError(text)
+        return created, seq
     except ValueError:
         raise ValidationFailed(
             "cursor: not a cursor this server gave out",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +16,7 @@ from .errors import BadRequest, NotFound, ServiceError, ValidationFailed
 from .records import render
 from .responses import JSONBody
 from .runs import RunManager
-from .schema import InvokeRequestData, RequestModels, validate_json
+from .schema import InvokeRequestData, RequestModels
 from .serialize import dumps
 from .store import ACTIVE, TERMINAL
 
@@ -23,6 +24,14 @@ STATUSES = (*ACTIVE, *TERMINAL)
 MAX_PAGE = 500
 # The longest Idempotency-Key accepted (the store's column).
 MAX_KEY_LENGTH = 255
+# A run id as `runner.new_run_id` makes them: a version 4 UUID, lowercase. A path id of
+# another shape names no run (404), and never reaches the store.
+RUN_ID_PATTERN = "^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+RUN_ID_LENGTH = 36
+_RUN_ID = re.compile(RUN_ID_PATTERN)
+# Event ids are the store's 32-bit INTEGER column.
+MAX_EVENT_ID = 2**31 - 1
+_INTEGER = re.compile("-?[0-9]+")
 # Prophecy's run statuses: RUNNING until the end, then SUCCEEDED or ERROR.
 _PROPHECY_STATUS = {
     "queued": "RUNNING",
@@ -45,8 +54,8 @@ class RunsAPI:
 
     def routes(self) -> list[Route]:
         return [
-            Route("/runs", self.submit, methods=["POST"]),
-            Route("/runs", self.list, methods=["GET"]),
+            # One route for both methods: a 405 (and OPTIONS) then says `Allow: GET, POST`.
+            Route("/runs", self.collection, methods=["GET", "POST"]),
             Route("/runs/{run_id}", self.get, methods=["GET"], name="run"),
             Route("/runs/{run_id}/events", self.events, methods=["GET"]),
             Route("/runs/{run_id}/cancel", self.cancel, methods=["POST"]),
@@ -54,12 +63,22 @@ class RunsAPI:
             Route("/api/trigger/pipeline/{run_id}", self.prophecy_status, methods=["GET"]),
         ]
 
+    async def collection(self, request: Request) -> Response:
+        if request.method == "POST":
+            return await self.submit(request)
+        return await self.list(request)
+
     async def submit(self, request: Request) -> Response:
         self.check_accepting()
         data, webhook_url = self.models.parse_submit(await request.body())
         key = request.headers.get("idempotency-key")
         if key is not None and not 0 < len(key) <= MAX_KEY_LENGTH:
-            raise BadRequest(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters long")
+            message = f"must be 1 to {MAX_KEY_LENGTH} characters long"
+            raise BadRequest(
+                f"Idempotency-Key {message}",
+                errors=[{"loc": ["header", "Idempotency-Key"], "msg": message,
+                         "type": "string_length"}],
+            )  # fmt: skip
         row, created = await self.runs.submit(data, webhook_url=webhook_url, idempotency_key=key)
         request.state.run_id = row["run_id"]
         status_url = str(request.url_for("run", run_id=row["run_id"]))
@@ -73,8 +92,7 @@ class RunsAPI:
         )
 
     async def get(self, request: Request) -> Response:
-        run_id = request.path_params["run_id"]
-        request.state.run_id = run_id
+        run_id = _run_id(request)
         return JSONBody(render(await self.runs.require(run_id)))
 
     async def list(self, request: Request) -> Response:
@@ -85,22 +103,25 @@ class RunsAPI:
         status = query.get("status")
         if status is not None and status not in STATUSES:
             raise _query_error("status", f"must be one of {', '.join(STATUSES)}", "enum")
-        limit = _int_param(query.get("limit"), "limit", default=50, low=1, high=MAX_PAGE)
-        cursor = query.get("cursor") or None
-        found, next_cursor = await self.runs.list_runs(status, limit, cursor)
+        limit = _int_param(query.get("limit"), ["query", "limit"], default=50, high=MAX_PAGE, low=1)
+        # An empty cursor is no cursor this server gave out: 422, as any other.
+        found, next_cursor = await self.runs.list_runs(status, limit, query.get("cursor"))
         return JSONBody({"runs": found, "next_cursor": next_cursor})
 
     async def cancel(self, request: Request) -> Response:
-        run_id = request.path_params["run_id"]
-        request.state.run_id = run_id
-        row, done = await self.runs.cancel(run_id)
+        row, done = await self.runs.cancel(_run_id(request))
         return JSONBody(render(row), status_code=200 if done else 202)
 
     async def events(self, request: Request) -> Response:
-        run_id = request.path_params["run_id"]
-        request.state.run_id = run_id
-        last = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
-        after = _int_param(last, "Last-Event-ID", default=0, low=0, high=None)
+        run_id = _run_id(request)
+        # The header, as EventSource sends it on a reconnect; else the query (for clients
+        # that cannot set headers). Present means an event id: an empty one is refused.
+        # Each one given is checked, even the one the header overrides.
+        query = request.query_params.get("last_event_id")
+        after = _int_param(query, ["query", "last_event_id"], default=0, high=MAX_EVENT_ID)
+        header = request.headers.get("last-event-id")
+        if header is not None:
+            after = _int_param(header, ["header", "Last-Event-ID"], default=0, high=MAX_EVENT_ID)
         await self.runs.require(run_id)  # a 404 before the stream starts
 
         async def stream() -> AsyncIterator[ServerSentEvent]:
@@ -116,7 +137,7 @@ class RunsAPI:
     async def prophecy_trigger(self, request: Request) -> Response:
         try:
             self.check_accepting()
-            trigger = validate_json(self.models.prophecy_trigger, await request.body())
+            trigger = self.models.parse_prophecy(await request.body())
             pipeline = self.runs.deployment.pipeline_name
             if trigger.pipelineName not in (pipeline, self.runs.deployment.name):
                 raise NotFound(
@@ -124,7 +145,7 @@ class RunsAPI:
                     f"serves '{pipeline}'"
                 )
             data = InvokeRequestData(
-                parameters=trigger.parameters.model_dump(),
+                parameters=trigger.parameters.model_dump(by_alias=True),
                 step_parameters={},
                 until=trigger.processName,
                 timeout=None,
@@ -143,10 +164,8 @@ class RunsAPI:
         )
 
     async def prophecy_status(self, request: Request) -> Response:
-        run_id = request.path_params["run_id"]
-        request.state.run_id = run_id
         try:
-            row = await self.runs.require(run_id)
+            row = await self.runs.require(_run_id(request))
         except ServiceError as exc:
             return _prophecy_error(exc)
         answer: dict[str, Any] = {
@@ -181,22 +200,37 @@ def _prophecy_error(exc: ServiceError) -> Response:
     )
 
 
+def _run_id(request: Request) -> str:
+    """The path's run id, checked before any store call: another shape names no run."""
+    run_id: str = request.path_params["run_id"]
+    if not _RUN_ID.fullmatch(run_id):
+        raise NotFound(
+            "no such run: a run id is a UUID this server gave out",
+            errors=[{"loc": ["path", "run_id"], "msg": "not a run id", "type": "run_id"}],
+        )
+    request.scope["state"]["run_id"] = run_id
+    return run_id
+
+
 def _query_error(name: str, message: str, kind: str) -> ValidationFailed:
+    return _param_error(["query", name], message, kind)
+
+
+def _param_error(loc: list[str], message: str, kind: str) -> ValidationFailed:
     return ValidationFailed(
-        f"{name}: {message}", errors=[{"loc": ["query", name], "msg": message, "type": kind}]
+        f"{loc[-1]}: {message}", errors=[{"loc": loc, "msg": message, "type": kind}]
     )
 
 
-def _int_param(
-    value: str | None, name: str, *, default: int | None, low: int, high: int | None
-) -> Any:
-    if value is None or value == "":
+def _int_param(value: str | None, loc: list[str], *, default: int, high: int, low: int = 0) -> int:
+    """A decimal integer (ASCII digits, an optional minus) from `low` to `high`; given but
+    empty, or of another form, is a 422 naming it."""
+    if value is None:
         return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise _query_error(name, "must be an integer", "int_parsing") from None
-    if number < low or (high is not None and number > high):
-        bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
-        raise _query_error(name, f"must be {bounds}", "range")
+    if not _INTEGER.fullmatch(value):
+        raise _param_error(loc, "must be an integer", "int_parsing")
+    # More digits than any bound has: out of range, without converting them.
+    number = int(value) if len(value) <= 20 else high + 1
+    if not low <= number <= high:
+        raise _param_error(loc, f"must be from {low} to {high}", "range")
     return number

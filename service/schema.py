@@ -2,22 +2,60 @@
 
 from __future__ import annotations
 
+import dataclasses
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Optional, Union
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import core_schema
 
-from .errors import MalformedJSON, ValidationFailed
+from .errors import BadRequest, MalformedJSON, ValidationFailed
+from .middleware import json_depth_exceeds
 from .pipeline import Pipeline
+from .settings import Settings
 
 _STRICT = ConfigDict(extra="forbid")
 
 
 def _no_default(schema: dict[str, Any]) -> None:
     schema.pop("default", None)
+
+
+# The integers a request may hold: what orjson writes, and so what the run store keeps.
+INT_MIN = -(2**63)
+INT_MAX = 2**64 - 1
+INT_TOO_LARGE = "JSON integers must fit in 64 bits (from -2**63 to 2**64-1)"
+# The edge's one pass over a body (C speed): digits become b"0", brackets b"[", all else
+# b" ". Counting b"[" bounds the nesting; an integer beyond 64 bits has 19 digits or more.
+_SCAN = bytes(
+    0x30 if 0x30 <= i <= 0x39 else 0x5B if i in (0x5B, 0x7B) else 0x20 for i in range(256)
+)
+_LONG_NUMBER = b"0" * 19
+
+
+class EdgeJsonSchema(GenerateJsonSchema):
+    """JSON schemas of requests that state the edge's limits: an integer fits in 64 bits."""
+
+    def int_schema(self, schema: core_schema.IntSchema) -> JsonSchemaValue:
+        json_schema = super().int_schema(schema)
+        if self.mode == "validation":
+            # Set where absent or looser; an exclusive bound within them is enough.
+            low = max(
+                json_schema.get("minimum", INT_MIN), json_schema.get("exclusiveMinimum", INT_MIN)
+            )
+            high = min(
+                json_schema.get("maximum", INT_MAX), json_schema.get("exclusiveMaximum", INT_MAX)
+            )
+            if low <= INT_MIN:
+                json_schema["minimum"] = INT_MIN
+            if high >= INT_MAX:
+                json_schema["maximum"] = INT_MAX
+        return json_schema
 
 
 # Types whose validated values are plain data: JSON-native, with no model inside.
@@ -42,6 +80,15 @@ def _is_plain(annotation: Any) -> bool:
     if origin in _PLAIN_CONTAINERS:
         return all(_is_plain(a) for a in typing.get_args(annotation) if a is not Ellipsis)
     return False
+
+
+def _webhooks_off(schema: dict[str, Any]) -> None:
+    schema.clear()
+    schema.update(
+        type="null",
+        description="Null or left out: this server has no webhook secret "
+        "(PIPESERVE_WEBHOOK_SECRET) to sign webhooks with.",
+    )
 
 
 def _user_named_model(name: str, fields: dict[str, Any]) -> type[BaseModel]:
@@ -79,11 +126,30 @@ class InvokeRequestData:
     timeout: float | None
 
 
-class RequestModels:
-    """The request models of one pipeline, built once at load time."""
+_DEFAULT_MAX_TIMEOUT: float = Settings.model_fields["max_timeout"].default
+_DEFAULT_MAX_JSON_DEPTH: int = Settings.model_fields["max_json_depth"].default
 
-    def __init__(self, pipeline: Pipeline) -> None:
+
+class RequestModels:
+    """The request models of one pipeline, built once at load time.
+
+    `max_timeout` and `max_json_depth` are the server's limits: the models and the parsing
+    of every JSON body (`/invoke`, `/runs`, Prophecy's trigger) hold to them alike.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        max_timeout: float = _DEFAULT_MAX_TIMEOUT,
+        max_json_depth: int = _DEFAULT_MAX_JSON_DEPTH,
+        webhooks: bool = True,
+    ) -> None:
         self.pipeline = pipeline
+        self.max_timeout = max_timeout
+        self.max_json_depth = max_json_depth
+        # Without a webhook secret a `webhook_url` is refused (422): the schema says so.
+        self.webhooks = webhooks
         param_fields: dict[str, Any] = {}
         for spec in pipeline.parameters.values():
             default = ... if spec.required else spec.default
@@ -138,17 +204,21 @@ class RequestModels:
                 ),
             ),
             timeout=(
-                Optional[float],
+                # A finite number (not a boolean, not a string), within the server's maximum.
                 # Below 10 ms a deadline is shorter than a round trip: a sure 504, not a limit.
+                Optional[Annotated[float, Strict(), Field(allow_inf_nan=False)]],
                 Field(
-                    None, ge=0.01, description="Deadline in seconds, within the server's maximum."
+                    None,
+                    ge=0.01,
+                    le=max_timeout,
+                    description="Deadline in seconds, within the server's maximum.",
                 ),
             ),
         )
         self.step_names = step_names
         # /info shows these; pydantic builds a schema afresh at every call.
-        self.parameters_schema = self.parameters.model_json_schema()
-        self.request_schema = self.invoke.model_json_schema()
+        self.parameters_schema = self.parameters.model_json_schema(schema_generator=EdgeJsonSchema)
+        self.request_schema = self.invoke.model_json_schema(schema_generator=EdgeJsonSchema)
         self.submit = self._submit_model()
         self.prophecy_trigger = self._prophecy_model()
 
@@ -175,7 +245,11 @@ class RequestModels:
             __base__=self.invoke,
             webhook_url=(
                 Optional[pydantic.HttpUrl],
-                Field(None, description="POSTed the run record, signed, when the run ends."),
+                Field(
+                    None,
+                    description="POSTed the run record, signed, when the run ends.",
+                    json_schema_extra=None if self.webhooks else _webhooks_off,
+                ),
             ),
             run_configuration=(
                 Optional[run_configuration],
@@ -215,17 +289,51 @@ class RequestModels:
 
     def parse_invoke(self, body: bytes) -> InvokeRequestData:
         """Validate a raw `/invoke` body; raise 400 for bad JSON and 422 for a bad shape."""
-        return self.from_model(validate_json(self.invoke, body), from_json=True)
+        return self.from_model(self._validate_body(self.invoke, body), from_json=True)
+
+    def _validate_body(self, model: type[BaseModel], body: bytes, strict: bool = True) -> Any:
+        """A JSON body, held to the server's limits: the same on every entry point.
+
+        400 past `max_json_depth`; 422 for the wrong shape (types as the schema says
+        them, unless `strict` is off), and for an integer beyond 64 bits, which the run
+        store could not keep. One pass over the body at C speed finds the candidates; only
+        a body with a 19-digit run of digits has its validated values walked.
+        """
+        scan = body.translate(_SCAN)
+        limit = self.max_json_depth
+        if scan.count(b"[") > limit and json_depth_exceeds(body, limit):
+            raise BadRequest(f"the JSON body nests deeper than the limit of {limit}")
+        try:
+            validated = validate_json(model, body, strict=strict, raw=True)
+        except pydantic.ValidationError as exc:
+            if not (strict and _integral_floats_only(exc)):
+                raise _validation_error(exc) from None
+            # JSON has one type of number: `6.0` is the integer 6, as the schema has it
+            # (strict mode refuses it). All else was valid strictly, so lax mode converts
+            # just those numbers; a float beyond 64 bits it refuses.
+            validated = validate_json(model, body)
+            refuse_large_ints(validated)
+            return validated
+        if _LONG_NUMBER in scan:
+            refuse_large_ints(validated)
+        return validated
+
+    def parse_prophecy(self, body: bytes) -> Any:
+        """Prophecy's trigger body. Its clients send parameters as text (`"3000007"` for an
+        int), so its types are taken as pydantic's lax mode converts them."""
+        return self._validate_body(self.prophecy_trigger, body, strict=False)
 
     def parse_invoke_object(self, data: Any) -> InvokeRequestData:
         return self.from_model(validate(self.invoke, data))
 
     def parse_submit(self, body: bytes) -> tuple[InvokeRequestData, str | None]:
         """A `POST /runs` body: the `/invoke` body, a `webhook_url`, or ZenML's form."""
-        model = validate_json(self.submit, body)
+        model = self._validate_body(self.submit, body)
         config = model.run_configuration
         if config is not None:
-            clash = {"steps", "parameters"} & model.model_fields_set & config.model_fields_set
+            # A null in run_configuration gives nothing: only a value clashes.
+            given = {f for f in config.model_fields_set if getattr(config, f) is not None}
+            clash = {"steps", "parameters"} & model.model_fields_set & given
             if clash:
                 field = sorted(clash)[0]
                 raise ValidationFailed(
@@ -264,12 +372,64 @@ class RequestModels:
         )
 
 
-def validate_json(model: type[BaseModel], body: bytes) -> Any:
-    """Raise 400 for a body that is not JSON and 422 for one of the wrong shape."""
+def validate_json(
+    model: type[BaseModel], body: bytes, strict: bool = False, raw: bool = False
+) -> Any:
+    """Raise 400 for a body that is not JSON and 422 for one of the wrong shape (`raw`:
+    pydantic's own error instead)."""
     try:
-        return model.model_validate_json(body if body.strip() else b"{}")
+        return model.model_validate_json(body if body.strip() else b"{}", strict=strict)
     except pydantic.ValidationError as exc:
+        if raw:
+            raise
         raise _validation_error(exc) from None
+
+
+def _integral_floats_only(exc: pydantic.ValidationError) -> bool:
+    """True if strict mode refused only numbers like `6.0` where an integer goes."""
+    return all(
+        e["type"] == "int_type" and type(e["input"]) is float and e["input"].is_integer()
+        for e in exc.errors(include_url=False, include_context=False)
+    )
+
+
+def refuse_large_ints(validated: Any) -> None:
+    """422 naming each integer of a validated request that does not fit in 64 bits."""
+    errors = [
+        {"loc": loc, "msg": INT_TOO_LARGE, "type": "int_too_large"}
+        for loc in _large_ints(validated, [])
+    ]
+    if errors:
+        where = ".".join(str(p) for p in errors[0]["loc"]) or "body"
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ValidationFailed(f"{where}: {INT_TOO_LARGE}{more}", errors=errors)
+
+
+def _large_ints(value: Any, loc: list[Any]) -> Iterator[list[Any]]:
+    """Where integers beyond 64 bits are in a validated value, named as the request names
+    them (a field's alias, a key, an index)."""
+    if isinstance(value, int):
+        if not INT_MIN <= value <= INT_MAX:
+            yield loc
+    elif isinstance(value, BaseModel):
+        for name, info in type(value).model_fields.items():
+            yield from _large_ints(getattr(value, name), [*loc, info.alias or name])
+        for key, item in (value.__pydantic_extra__ or {}).items():
+            yield from _large_ints(item, [*loc, key])
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, int) and not INT_MIN <= key <= INT_MAX:
+                yield [*loc, key]
+            yield from _large_ints(item, [*loc, key])
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _large_ints(item, [*loc, index])
+    elif isinstance(value, (set, frozenset)):
+        for item in value:
+            yield from _large_ints(item, loc)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            yield from _large_ints(getattr(value, field.name), [*loc, field.name])
 
 
 def validate(model: type[BaseModel], data: Any) -> Any:

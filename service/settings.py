@@ -77,6 +77,26 @@ class Settings(BaseSettings):
     grace_period: float = Field(
         30.0, ge=0, description="Seconds in-flight requests get to finish at shutdown."
     )
+    header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a request's head (request line and headers) may take to arrive; "
+        "the connection is closed past it.",
+    )
+    body_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds to wait for the next chunk of a request body before a 408.",
+    )
+    keep_alive_timeout: float = Field(
+        5.0, gt=0, description="Seconds an idle keep-alive connection stays open."
+    )
+    max_connections: Optional[int] = Field(
+        None,
+        ge=1,
+        description="Connections held at once per process; past it a new one closes the "
+        "oldest idle one (default: the open-file limit less 128).",
+    )
     home: str = Field(
         default_factory=lambda: platformdirs.user_data_dir("pipeserve"),
         description="State directory: local deployments, auth keys.",

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,7 +119,9 @@ class ServerFactory:
         wait: str | None = "/ready",
         port: int | None = None,
         timeout: float = 60,
+        preexec_fn: Callable[[], object] | None = None,
     ) -> ServerProcess:
+        """`preexec_fn` runs in the child before the server starts (e.g. to set rlimits)."""
         port = port or free_port()
         log_path = self.tmp_path / f"server-{port}-{len(self.servers)}.log"
         # Never the user's own home: its keys and runs are not the test's.
@@ -131,7 +133,7 @@ class ServerFactory:
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 command, cwd=ROOT, env=server_env(env), stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL, preexec_fn=preexec_fn,
             )  # fmt: skip
         server = ServerProcess(f"http://127.0.0.1:{port}", port, proc, log_path)
         self.servers.append(server)

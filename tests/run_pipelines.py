@@ -115,3 +115,14 @@ def publish(reviews: dict[str, int]) -> Annotated[str, "published"]:
 def bakehouse(franchise_id: int = 1) -> Any:
     """Prophecy's example triggers the pipeline `bakehouse` up to `franchise_reviews`."""
     return publish(franchise_reviews(franchise_id))
+
+
+@step
+def keep(value: Any = None, count: int = 0, extra: Any = None) -> Annotated[Any, "kept"]:
+    return {"value": value, "count": count, "extra": extra}
+
+
+@pipeline
+def anything(value: Any = None, count: int = 0) -> Any:
+    """Parameters of any JSON value and an int, and a step's own `extra` to override."""
+    return keep(value, count)

@@ -79,8 +79,12 @@ def load(source: str, limit: Limit = 3) -> Annotated[list[int], "rows"]:
     return list(range(limit))
 
 
+# Bounded, so that the outputs fit in 64 bits whatever factor a fuzzer sends.
+Factor = Annotated[int, pydantic.Field(ge=-(10**6), le=10**6)]
+
+
 @step
-def scale(rows: list[int], factor: int = 2) -> Annotated[list[int], "scaled"]:
+def scale(rows: list[int], factor: Factor = 2) -> Annotated[list[int], "scaled"]:
     return [r * factor for r in rows]
 
 

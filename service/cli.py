@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -173,6 +174,7 @@ def run_server(settings: Settings, pipeline: Any) -> None:
         return
 
     from .app import create_app
+    from .connections import close_listeners
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
@@ -182,6 +184,18 @@ def run_server(settings: Settings, pipeline: Any) -> None:
                 # SIGTERM is how orchestrators stop a pod: after the graceful shutdown the
                 # process exits 0 instead of uvicorn raising the signal again.
                 self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            # As uvicorn makes the protocol of each connection it accepts.
+            protocol_class: Any = self.config.http_protocol_class
+            protocol = functools.partial(
+                protocol_class,
+                config=self.config,
+                server_state=self.server_state,
+                app_state=self.lifespan.state,
+            )
+            await close_listeners(self.servers, protocol)
+            await super().shutdown(sockets)
 
     app = create_app(pipeline, settings)
     server = Server(uvicorn.Config(app, **common))

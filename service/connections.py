@@ -12,7 +12,15 @@ uvicorn's httptools protocol with three more rules:
 - past `max_connections`, a new connection closes the oldest one that has no request in
   flight (still reading a head, or idle between requests), so that a new client such as
   the kubelet's probe is always served; when every connection has a request in flight,
-  the new one is closed instead.
+  the new one is closed instead;
+- at shutdown, a keep-alive connection closes only once it has told its client so: the
+  response under way says `Connection: close` if its head is not sent yet; otherwise, and
+  on an idle connection, it stays open for `SHUTDOWN_LINGER` seconds and answers a request
+  already on its way (with `Connection: close`), instead of closing under it, which the
+  client would see as a reset or an empty response.
+
+`close_listeners` closes the listening sockets at shutdown without resetting the connections
+waiting in their backlogs.
 
 `uvicorn.Config(http=functools.partial(GuardedHttpToolsProtocol, limits=...))` selects it;
 the limits are a frozen dataclass, so the partial pickles into `--workers` processes.
@@ -24,7 +32,10 @@ import asyncio
 import dataclasses
 import logging
 import resource
+import os
+import socket
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from uvicorn.config import Config
@@ -38,6 +49,9 @@ logger = logging.getLogger("pipeserve.connections")
 FD_RESERVE = 128
 MIN_CONNECTIONS = 16
 MAX_HEAD_BYTES = 65_536
+# How long an idle connection stays open at shutdown for a request the client may have sent
+# before it could know: about a round trip across a cluster, many times over.
+SHUTDOWN_LINGER = 0.5
 
 
 def default_max_connections(reserve: int = FD_RESERVE) -> int | None:
@@ -90,6 +104,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.head_bytes = 0  # of the head so far, counted by whole chunks
         self.chunk_bytes = 0  # of the chunk being parsed
         self.refused = False
+        self.closing = False  # shutting down: the next response is the last
+        self.linger_timer: asyncio.TimerHandle | None = None
 
     # -- the connection ----------------------------------------------------------------
 
@@ -103,7 +119,34 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        if self.linger_timer is not None:
+            self.linger_timer.cancel()
         super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown, without closing a connection under a request the
+        client has sent or is about to send: a client that was not told `Connection:
+        close` may reuse the connection at any moment."""
+        self.closing = True
+        self._close_gracefully()
+
+    def _close_gracefully(self) -> None:
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            # Idle: a request may be on its way already; answer it, then close.
+            if self.linger_timer is None:
+                self.linger_timer = self.loop.call_later(SHUTDOWN_LINGER, self.transport.close)
+        elif not cycle.response_started:
+            cycle.keep_alive = False  # its response says `Connection: close`
+        # Else its response began without saying so: once complete, the connection is idle
+        # (`on_response_complete`).
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.closing:
+            self._close_gracefully()
 
     def data_received(self, data: bytes) -> None:
         if self.refused:
@@ -140,6 +183,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self.app = app
             return
         super().on_headers_complete()
+        if self.closing:
+            # The request the connection lingered for: the last one on it.
+            if self.linger_timer is not None:
+                self.linger_timer.cancel()
+                self.linger_timer = None
+            self.cycle.keep_alive = False
 
     # -- the rules ---------------------------------------------------------------------
 
@@ -167,7 +216,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         logger.debug("closing a connection whose request head did not arrive in time")
         # Like uvicorn's own shutdown: close now if nothing is in flight, else after the
         # response under way (a pipelined head that stalls behind it).
-        self.shutdown()
+        super().shutdown()
 
     def _refuse_head(self) -> None:
         self._cancel_head_timer()
@@ -208,3 +257,32 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_head_timer()
         self.refused = True
         self.transport.close()
+
+
+async def close_listeners(
+    servers: Iterable[asyncio.Server], protocol_factory: Callable[[], asyncio.Protocol]
+) -> None:
+    """Close the listeners without resetting a connection in their backlogs.
+
+    Closing a listening socket resets every connection the kernel has completed but the
+    server has not accepted yet, though its client may have sent a request already. So the
+    server stops accepting while a duplicate descriptor keeps each listener open; what is
+    in its backlog is accepted here and served by `protocol_factory`; then it closes."""
+    held = [socket.socket(fileno=os.dup(sock.fileno())) for s in servers for sock in s.sockets]
+    for server in servers:
+        server.close()
+    accepted: list[socket.socket] = []
+    for listener in held:
+        with listener:
+            listener.setblocking(False)
+            while True:
+                try:
+                    accepted.append(listener.accept()[0])
+                except (BlockingIOError, InterruptedError):
+                    break
+    loop = asyncio.get_running_loop()
+    for connection in accepted:
+        try:
+            await loop.connect_accepted_socket(protocol_factory, connection)
+        except OSError:
+            connection.close()  # its client went away meanwhile

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -102,3 +103,65 @@ def test_a_stuck_sync_step_does_not_hold_shutdown_past_the_grace_period(
         assert record["status"] == "failed" and record["error"]["type"] == "interrupted"
         invoked = http.get(f"/runs/{body['metadata']['run_id']}").json()
         assert invoked["status"] == "failed" and invoked["error"]["type"] == "interrupted"
+
+
+def test_sigterm_without_shutdown_delay_resets_no_request(servers: ServerFactory) -> None:
+    """With no shutdown delay the listener closes at SIGTERM: a connection it never
+    accepted is refused, but a request on a connection it accepted (an idle keep-alive
+    one, or one still in the listener's backlog) is answered, 200 or 503, never reset."""
+    server = servers.start(
+        "tests.sample_pipelines:slow_with_state", "--shutdown-delay", "0", "--grace-period", "5"
+    )
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def client(keep_alive: bool) -> None:
+        limits = httpx.Limits(max_keepalive_connections=None if keep_alive else 0)
+        with httpx.Client(base_url=server.url, timeout=30, limits=limits) as http:
+            while server.proc.poll() is None:
+                try:
+                    response = http.post("/invoke", json={"parameters": {"seconds": 0}})
+                    outcome = str(response.status_code)
+                except httpx.ConnectError:
+                    outcome = "refused"  # nothing was sent: a listener closed or closing
+                except httpx.TransportError as exc:
+                    outcome = f"lost: {exc!r} keep={keep_alive} {time.time() - signalled_at[0]:.3f} s after SIGTERM"
+                with lock:
+                    outcomes.append(outcome)
+
+    signalled_at = [0.0]
+    # Fresh connections and keep-alive ones, as fast as they go, across the signal.
+    threads = [threading.Thread(target=client, args=(n % 2 == 0,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    signalled_at[0] = time.time()
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(30) == 0
+    for t in threads:
+        t.join(30)
+
+    lost = [o for o in outcomes if o.startswith("lost")]
+    assert not lost, lost
+    assert outcomes.count("200") >= 100 and "refused" in outcomes
+
+
+def test_an_idle_keep_alive_connection_answers_a_request_sent_just_after_sigterm(
+    servers: ServerFactory,
+) -> None:
+    server = servers.start("tests.sample_pipelines:echo", "--shutdown-delay", "0")
+    host, port = server.url.removeprefix("http://").split(":")
+    request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection((host, int(port))) as connection:
+        connection.sendall(request)
+        assert connection.recv(65536).startswith(b"HTTP/1.1 200")
+        # The connection is idle when the listener closes; the client cannot know.
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        connection.sendall(request)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    head = answer.split(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 200") and b"connection: close" in head
+    assert server.proc.wait(10) == 0

@@ -31,8 +31,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import resource
 import os
+import resource
 import socket
 import time
 from collections.abc import Callable, Iterable

@@ -128,7 +128,7 @@ def start_pipeserve(spec: str, log_path: Path, env: dict[str, str]) -> Server:
     return start("pipeserve", command, port, log_path, {"PIPESERVE_HOME": home, **env})
 
 
-def start_floor(floor: str, log_path: Path) -> Server:
+def start_floor(floor: str, log_path: Path, env: dict[str, str] | None = None) -> Server:
     port = free_port()
     command = ["-m", "bench.floor", floor, "--host", "127.0.0.1", "--port", str(port)]
-    return start("floor", command, port, log_path, {})
+    return start("floor", command, port, log_path, env or {})

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench import harness, whatif
+from bench import harness, soak, whatif
 from bench import pipelines as bp
 from bench.load import LoadResult
 from tests.conftest import ROOT, require_binary, server_env
@@ -82,3 +82,36 @@ def test_whatifs_patches_still_apply_to_the_app() -> None:
     labels = ["floor", "now", *(label for label, _ in whatif.ATTRIBUTION)]
     assert list(found) == labels
     assert all(found[label] > 0 for label in labels), found
+
+
+def test_the_soak_runs_both_servers_with_store_traffic_and_judges_past_the_warm_up(
+    tmp_path: Path,
+) -> None:
+    require_binary("wrk", "wrk")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.soak", "--minutes", "0.04", "--chunk", "1",
+         "--env", "SOAK_MARK=1", "--out", str(tmp_path)],
+        cwd=ROOT, env=server_env(), capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    [path] = tmp_path.glob("*-soak-*.json")
+    results = json.loads(path.read_text())
+    assert results["requests"]["floor"] > 0 and results["requests"]["pipeserve"] > 0
+    assert results["batch_runs"] > 0 and results["store_failures"] == []
+    assert len(results["samples"]["pipeserve"]) >= 3  # the start, then after each chunk
+    assert {t["name"] for t in results["targets"]} == {
+        "RSS creep, last third less middle third (medians), pipeserve less floor",
+        "RSS slope of the last two thirds, pipeserve less floor",
+    }
+    assert results["env"] == {"SOAK_MARK": "1"}
+    assert "MiB/10min" in done.stdout
+
+
+def test_the_soak_judges_creep_and_slope_after_the_warm_up_only() -> None:
+    # 30 minutes: +20 MiB in the first 10 (warm-up), then +1 MiB every 10 minutes.
+    samples = [(t * 60.0, 50 + min(t, 10) * 2 + max(0, t - 10) * 0.1) for t in range(31)]
+    judged = soak.judge(samples)
+    assert judged["middle_median_mb"] == 70.45 and judged["last_median_mb"] == 71.5
+    assert judged["creep_mb"] == 1.05 and judged["max_mb"] == 72.0
+    assert abs(judged["slope_mb_per_10min"] - 1.0) < 0.01
+    assert soak.slope_per_10min([(0.0, 5.0)]) == 0.0

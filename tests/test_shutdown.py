@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -151,17 +151,17 @@ def test_an_idle_keep_alive_connection_answers_a_request_sent_just_after_sigterm
 ) -> None:
     server = servers.start("tests.sample_pipelines:echo", "--shutdown-delay", "0")
     host, port = server.url.removeprefix("http://").split(":")
-    request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
-    with socket.create_connection((host, int(port))) as connection:
-        connection.sendall(request)
-        assert connection.recv(65536).startswith(b"HTTP/1.1 200")
-        # The connection is idle when the listener closes; the client cannot know.
-        server.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        connection.sendall(request)
-        answer = b""
-        while chunk := connection.recv(65536):
-            answer += chunk
-    head = answer.split(b"\r\n\r\n")[0].lower()
-    assert head.startswith(b"http/1.1 200") and b"connection: close" in head
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    connection.request("GET", "/health")
+    first = connection.getresponse()
+    assert first.status == 200 and first.getheader("connection") is None
+    body = first.read()
+    # The connection is idle when the listener closes; the client cannot know.
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    connection.request("GET", "/health")  # on the same socket: raises if it was closed
+    second = connection.getresponse()
+    assert second.status == 200 and second.getheader("connection") == "close"
+    assert second.read() == body
+    connection.close()
     assert server.proc.wait(10) == 0

@@ -46,6 +46,13 @@ def echo(module_servers: ServerFactory) -> Iterator[httpx.Client]:
     no_server_errors(server)
 
 
+def finished_run(http: httpx.Client) -> str:
+    """The id of a batch run of three_steps that has succeeded."""
+    run_id: str = http.post("/runs", json={"parameters": {"seconds": 0}}).json()["run_id"]
+    wait_status(http, run_id, {"succeeded"})
+    return run_id
+
+
 def cursor_of(text: str) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
@@ -55,8 +62,7 @@ def test_last_event_id_is_bounded_and_the_server_streams_on(
 ) -> None:
     server = start(servers, database_url, "tests.run_pipelines:three_steps")
     with server.client() as http:
-        run_id = http.post("/runs", json={"parameters": {"seconds": 0}}).json()["run_id"]
-        wait_status(http, run_id, {"succeeded"})
+        run_id = finished_run(http)
         for value in ("99999999999999999999", str(2**31), "-1", "1.5", "x", "+1", ""):
             error = only_error(
                 http.get(f"/runs/{run_id}/events", headers={"Last-Event-ID": value}), 422
@@ -107,8 +113,7 @@ def test_malformed_run_ids_are_not_found_on_every_route(
 ) -> None:
     server = start(servers, database_url, "tests.run_pipelines:three_steps")
     with server.client() as http:
-        real = http.post("/runs", json={"parameters": {"seconds": 0}}).json()["run_id"]
-        wait_status(http, real, {"succeeded"})
+        real = finished_run(http)
         malformed = [
             "%00",
             "x%00y",

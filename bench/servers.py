@@ -91,7 +91,9 @@ def start(
 ) -> Server:
     """Start a server and wait until GET /ready answers 200: its cold start is that wait."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("PIPESERVE_")}
-    full_env.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **env)
+    # The caller's PYTHONPATH (a `sitecustomize` probe, say) comes after the checkout's.
+    path = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    full_env.update({**env, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"})
     with log_path.open("wb") as log:
         t0 = time.perf_counter()
         proc = subprocess.Popen(

@@ -93,6 +93,8 @@ _JSON_COLUMNS = frozenset(c.name for c in runs.c if isinstance(c.type, sa.JSON))
 
 ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")
+# Finished runs one pruning transaction deletes at most.
+PRUNE_BATCH = 500
 
 # The columns a listing returns: everything but the (possibly large) outputs.
 _SUMMARY = [c for c in runs.c if c.name != "outputs"]
@@ -683,26 +685,41 @@ class RunStore:
 
     # -- retention ------------------------------------------------------------------
 
-    def prune(self, finished_before: float, keep: int) -> int:
-        """Delete finished runs older than `finished_before`, and beyond the newest `keep`."""
-        finished = sa.and_(self._mine(), runs.c.status.in_(TERMINAL))
-        with self._write() as conn:
-            condition: Any = runs.c.finished_at < finished_before
-            cutoff = conn.execute(
+    def prune_cutoff(self, keep: int) -> int | None:
+        """The `seq` of the newest finished run beyond the newest `keep`, if there is one."""
+        with self._read() as conn:
+            seq = conn.execute(
                 sa.select(runs.c.seq)
-                .where(finished)
+                .where(self._mine(), runs.c.status.in_(TERMINAL))
                 .order_by(runs.c.seq.desc())
                 .offset(keep)
                 .limit(1)
             ).scalar()
-            if cutoff is not None:
-                condition = sa.or_(condition, runs.c.seq <= cutoff)
-            doomed = sa.select(runs.c.run_id).where(
-                finished, condition, sa.or_(runs.c.webhook_status.is_(None),
-                                            runs.c.webhook_status != "pending")
-            )  # fmt: skip
-            conn.execute(events.delete().where(events.c.run_id.in_(doomed)))
-            return int(conn.execute(runs.delete().where(runs.c.run_id.in_(doomed))).rowcount)
+        return int(seq) if seq is not None else None
+
+    def prune(self, finished_before: float, cutoff: int | None) -> int:
+        """Delete at most `PRUNE_BATCH` finished runs older than `finished_before` or not
+        newer than `cutoff` (see `prune_cutoff`), in one transaction; returns how many.
+
+        A caller deletes many in batches, pausing between them (`RunManager`): one delete
+        of 30,000 runs held the store for seconds (a submit and the flush waited it out),
+        and SQLite took 20 MiB for it, which the malloc arena kept (`bench/README.md`)."""
+        condition: Any = runs.c.finished_at < finished_before
+        if cutoff is not None:
+            condition = sa.or_(condition, runs.c.seq <= cutoff)
+        doomed = (
+            sa.select(runs.c.run_id)
+            .where(self._mine(), runs.c.status.in_(TERMINAL), condition,
+                   sa.or_(runs.c.webhook_status.is_(None), runs.c.webhook_status != "pending"))
+            # In no order: sorting every doomed run would cost what the batches save.
+            .limit(PRUNE_BATCH)
+        )  # fmt: skip
+        with self._write() as conn:
+            batch = list(conn.execute(doomed).scalars())
+            if not batch:
+                return 0
+            conn.execute(events.delete().where(events.c.run_id.in_(batch)))
+            return int(conn.execute(runs.delete().where(runs.c.run_id.in_(batch))).rowcount)
 
     # -- reads ----------------------------------------------------------------------
 

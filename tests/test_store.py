@@ -18,7 +18,7 @@ from alembic.script import ScriptDirectory
 
 from service import migrations
 from service.migrations import HEAD, VERSION_TABLE
-from service.store import NewEvent, QueueFull, RunStore, metadata, normalize_url
+from service.store import PRUNE_BATCH, NewEvent, QueueFull, RunStore, metadata, normalize_url
 
 
 def queued_row(deployment: str = "d") -> tuple[dict[str, Any], NewEvent]:
@@ -202,6 +202,49 @@ def test_a_flush_writes_every_finished_invocation(database_url: str) -> None:
     listed = store.list_runs("failed", 100, None)
     assert [r["run_id"] for r in listed] == [rows[i]["run_id"] for i in range(60, -1, -10)]
     store.close()
+
+
+def test_pruning_deletes_in_many_transactions(database_url: str) -> None:
+    # More doomed runs than one pruning transaction takes: each call deletes a batch, and
+    # together they delete every one, and only them.
+    store = opened(database_url)
+    now = time.time()
+    total = 2 * PRUNE_BATCH + 203
+    rows = [
+        {
+            "run_id": str(uuid.uuid4()), "deployment_name": "d", "pipeline_name": "p",
+            "pipeline_version": "v1", "kind": "invoke", "status": "succeeded",
+            "request": {"parameters": {}}, "parameters_used": {}, "steps": {},
+            "outputs": None, "outputs_omitted": False, "error": None, "created_at": now + i,
+            "started_at": now + i, "finished_at": now + i, "updated_at": now + i,
+            "duration": 0.0,
+        }
+        for i in range(total)
+    ]  # fmt: skip
+    store.write_batch([store.prepare_finished(r)[0] for r in rows], [], {}, now)
+    queued, first = queued_row()
+    store.submit(queued, first, 100)
+    other = opened(database_url, "other")
+    kept_elsewhere, event = queued_row("other")
+    other.submit(kept_elsewhere, event, 100)
+
+    cutoff = store.prune_cutoff(100)
+    assert cutoff is not None
+    deleted = [store.prune(now - 86400, cutoff) for _ in range(4)]
+    assert deleted == [PRUNE_BATCH, PRUNE_BATCH, total - 100 - 2 * PRUNE_BATCH, 0]
+    listed = store.list_runs(None, 1000, None)
+    # Newest first: the queued run, not finished, is kept though created before them all.
+    assert [r["run_id"] for r in listed] == [
+        *(r["run_id"] for r in rows[: total - 101 : -1]),
+        queued["run_id"],
+    ]
+    assert store.prune_cutoff(100) is None
+    # By age alone: every finished run, none of the other deployment's.
+    assert store.prune(now + total, None) == 100
+    assert [r["run_id"] for r in store.list_runs(None, 1000, None)] == [queued["run_id"]]
+    assert other.get(kept_elsewhere["run_id"]) is not None
+    store.close()
+    other.close()
 
 
 def test_postgres_urls_use_psycopg_3() -> None:

@@ -14,12 +14,16 @@ A leak of one small object a request shows as a steady slope: at ~1,000 requests
 second, 100 bytes a request is ~57 MiB per 10 minutes.
 
 `--env NAME=VALUE` sets a variable for both servers (say `MALLOC_ARENA_MAX=2`).
+`--probe` samples, inside both servers, where their memory sits (each thread's malloc
+arena, glibc's free bytes, SQLite's memory: `bench/allocator_probe`); the samples go in
+the JSON, and the first and last are printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -36,6 +40,7 @@ from .servers import start_floor, start_pipeserve
 from .workloads import ECHO_BODY, recording_on
 
 RESULTS = Path(__file__).resolve().parent / "results"
+PROBE = Path(__file__).resolve().parent / "allocator_probe"
 # Flat: past the warm-up, pipeserve's RSS creeps by at most this much more than the floor's.
 MAX_EXTRA_CREEP_MB = 2.0
 MAX_EXTRA_SLOPE_MB_PER_10MIN = 1.0
@@ -108,14 +113,31 @@ class StoreTraffic:
         self.http.close()
 
 
+def probed(env: dict[str, str], out: Path) -> dict[str, str]:
+    """`env` with the allocator probe on, sampling into `out` (JSON lines)."""
+    path = os.pathsep.join(filter(None, [str(PROBE), env.get("PYTHONPATH")]))
+    return {**env, "PYTHONPATH": path, "BENCH_PROBE_OUT": str(out)}
+
+
 def soak(
-    minutes: float, chunk: int, connections: int, env: dict[str, str], workdir: Path, say: Any
+    minutes: float,
+    chunk: int,
+    connections: int,
+    env: dict[str, str],
+    workdir: Path,
+    say: Any,
+    probe: bool = False,
 ) -> dict[str, Any]:
-    floor = start_floor("echo-def", workdir / "floor.log", env)
+    probes = {kind: workdir / f"probe-{kind}.jsonl" for kind in ("floor", "pipeserve")}
+
+    def env_of(kind: str) -> dict[str, str]:
+        return probed(env, probes[kind]) if probe else env
+
+    floor = start_floor("echo-def", workdir / "floor.log", env_of("floor"))
     pipeserve = start_pipeserve(
         "bench.pipelines:echo_def",
         workdir / "pipeserve.log",
-        {**env, **recording_on(workdir)},
+        {**env_of("pipeserve"), **recording_on(workdir)},
     )
     traffic = StoreTraffic(pipeserve.url)
     servers = (floor, pipeserve)
@@ -146,7 +168,15 @@ def soak(
         traffic.close()
         for server in servers:
             server.stop()
-    return _results(minutes, chunk, connections, env, samples, loads, traffic)
+    results = _results(minutes, chunk, connections, env, samples, loads, traffic)
+    if probe:
+        results["probe"] = {
+            kind: [json.loads(line) for line in path.read_text().splitlines()]
+            if path.exists()
+            else []
+            for kind, path in probes.items()
+        }
+    return results
 
 
 def _results(
@@ -222,7 +252,23 @@ def render(results: dict[str, Any]) -> str:
         )
     if results["invalid"]:
         lines.append(f"invalid (socket errors or 4xx/5xx under load): {results['invalid']}")
+    for kind, probe in results.get("probe", {}).items():
+        lines += ["", f"probe of {kind} (KiB), first and last sample:"]
+        lines += [f"  {_probe_line(sample)}" for sample in probe[:1] + probe[-1:]]
     return "\n".join(lines)
+
+
+def _probe_line(sample: dict[str, Any]) -> str:
+    if "error" in sample:
+        return f"{sample['t']:>7} s  {sample['error']}"
+    glibc, sqlite = sample["glibc"], sample["sqlite_kib"]
+    arenas = " ".join(f"{name} {kib}" for name, kib in sample["arenas_kib"].items()) or "-"
+    return (
+        f"{sample['t']:>7} s  rss {sample['rss_kib']}  main heap {sample['main_heap_kib']}  "
+        f"thread arenas: {arenas}  other anonymous {sample['other_anon_kib']}  "
+        f"glibc in use {glibc['in_use_kib']} free {glibc['free_kib']}"
+        + (f"  sqlite {sqlite[0]} (high {sqlite[1]})" if sqlite else "")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         help="an environment variable for both servers (repeatable)",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the JSON")
+    parser.add_argument(
+        "--probe", action="store_true", help="sample where memory sits inside the servers"
+    )
     parser.add_argument("--render", type=Path, metavar="JSON", help="print a results file")
     args = parser.parse_args(argv)
     if args.render:
@@ -253,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         print(message, file=sys.stderr, flush=True)
 
     with tempfile.TemporaryDirectory(prefix="pipeserve-soak-") as tmp:
-        results = soak(args.minutes, args.chunk, args.connections, env, Path(tmp), say)
+        results = soak(args.minutes, args.chunk, args.connections, env, Path(tmp), say, args.probe)
     dirty = "-dirty" if results["machine"]["dirty"] else ""
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{time.strftime('%Y-%m-%d')}-soak-{results['machine']['commit']}{dirty}.json"

@@ -90,7 +90,8 @@ def test_the_soak_runs_both_servers_with_store_traffic_and_judges_past_the_warm_
     require_binary("wrk", "wrk")
     done = subprocess.run(
         [sys.executable, "-m", "bench.soak", "--minutes", "0.04", "--chunk", "1",
-         "--env", "SOAK_MARK=1", "--out", str(tmp_path)],
+         "--env", "SOAK_MARK=1", "--probe", "--env", "BENCH_PROBE_INTERVAL=0.3",
+         "--out", str(tmp_path)],
         cwd=ROOT, env=server_env(), capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
@@ -103,8 +104,17 @@ def test_the_soak_runs_both_servers_with_store_traffic_and_judges_past_the_warm_
         "RSS creep, last third less middle third (medians), pipeserve less floor",
         "RSS slope of the last two thirds, pipeserve less floor",
     }
-    assert results["env"] == {"SOAK_MARK": "1"}
+    assert results["env"] == {"SOAK_MARK": "1", "BENCH_PROBE_INTERVAL": "0.3"}
     assert "MiB/10min" in done.stdout
+    # The probe sampled inside both: pipeserve's store thread has its arena, SQLite its
+    # memory; the floor has neither.
+    last = {kind: samples[-1] for kind, samples in results["probe"].items()}
+    assert "error" not in last["pipeserve"] and "error" not in last["floor"]
+    assert last["pipeserve"]["arenas_kib"]["pipeserve-store"] > 0
+    assert last["pipeserve"]["sqlite_kib"][0] > 0 and last["floor"]["sqlite_kib"][0] == 0
+    assert "pipeserve-store" not in last["floor"]["arenas_kib"]
+    assert last["pipeserve"]["glibc"]["in_use_kib"] > 0
+    assert "probe of pipeserve (KiB)" in done.stdout
 
 
 def test_the_soak_judges_creep_and_slope_after_the_warm_up_only() -> None:

@@ -247,6 +247,33 @@ def test_pruning_deletes_in_many_transactions(database_url: str) -> None:
     other.close()
 
 
+def test_pruning_sends_the_same_statements_whatever_the_batch(database_url: str) -> None:
+    # Drivers cache prepared statements by their text; an IN list of each length is one
+    # more (SQLite's cache grew by ~120 KiB a pruning), so a batch's ids are padded.
+    store = opened(database_url)
+    sent: set[str] = set()
+    sa.event.listen(store.engine, "before_cursor_execute", lambda *a: sent.add(a[2]))
+    now = time.time()
+    for size in (1, 2, 7, 30):
+        rows = [
+            {
+                "run_id": str(uuid.uuid4()), "deployment_name": "d", "pipeline_name": "p",
+                "pipeline_version": "v1", "kind": "invoke", "status": "succeeded",
+                "request": {}, "parameters_used": {}, "steps": {}, "outputs": None,
+                "outputs_omitted": False, "error": None, "created_at": now,
+                "started_at": now, "finished_at": now, "updated_at": now, "duration": 0.0,
+            }
+            for _ in range(size)
+        ]  # fmt: skip
+        store.write_batch([store.prepare_finished(r)[0] for r in rows], [], {}, now)
+        sent.clear()
+        assert store.prune(now + 1, None) == size
+        if size == 1:
+            first = set(sent)
+        assert sent == first
+    store.close()
+
+
 def test_postgres_urls_use_psycopg_3() -> None:
     assert normalize_url("postgresql://u:p@h/db") == "postgresql+psycopg://u:p@h/db"
     assert normalize_url("postgres://h/db") == "postgresql+psycopg://h/db"

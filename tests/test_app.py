@@ -336,6 +336,11 @@ def test_workers_each_run_on_init_once(servers: ServerFactory, tmp_path: Path) -
         env={"TEST_MARKER_DIR": str(tmp_path)},
     )
     server.wait_all_workers_ready()
+    # A worker that is slow to start (a loaded machine) may not have run `on_init` yet
+    # when 20 readiness probes in a row reached the other one.
+    deadline = time.monotonic() + 30
+    while len(list(tmp_path.glob("init-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         answers = list(
             pool.map(lambda _: httpx.post(server.url + "/invoke", json={}).json(), range(64))

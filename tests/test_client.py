@@ -344,7 +344,8 @@ def test_cancel_then_conflict(slow: str, make_client: MakeClient) -> None:
 
 def test_full_queue_429_is_retried_after_retry_after(slow: str, make_client: MakeClient) -> None:
     client = make_client(slow, retries=0)
-    running = client.submit(seconds=0.8)
+    # Long enough that the queue is still full when `late` first tries, on a loaded machine.
+    running = client.submit(seconds=3)
     deadline = time.monotonic() + 10
     while running.status() != "running":
         assert time.monotonic() < deadline
@@ -357,7 +358,7 @@ def test_full_queue_429_is_retried_after_retry_after(slow: str, make_client: Mak
     assert caught.value.retry_after == 1.0
     # Retried after Retry-After (1 s), by when the queue has room again.
     started = time.monotonic()
-    late = make_client(slow, retries=4, backoff=0.01).submit(seconds=0)
+    late = make_client(slow, retries=8, backoff=0.01).submit(seconds=0)
     assert time.monotonic() - started >= 0.9
     for run in (running, waiting, late):
         assert run.wait(timeout=15)["status"] == "succeeded"

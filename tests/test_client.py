@@ -395,7 +395,7 @@ def _occupy(url: str, seconds: float) -> concurrent.futures.Future[httpx.Respons
 
 
 def test_503_is_retried_after_retry_after(slow: str, make_client: MakeClient) -> None:
-    busy = _occupy(slow, 1.0)
+    busy = _occupy(slow, 2.0)
     # A tiny backoff: only the server's Retry-After (1 s) can make it wait long enough.
     client = make_client(slow, retries=3, backoff=0.01)
     started = time.monotonic()
@@ -422,13 +422,15 @@ def _refused_invocations(url: str) -> float:
 
 
 def test_503_retries_are_bounded(slow: str, make_client: MakeClient) -> None:
-    busy = _occupy(slow, 1.5)
+    # Held long enough for a loaded machine (the tries below take well under a second).
+    busy = _occupy(slow, 4)
     refused = _refused_invocations(slow)
+    started = time.monotonic()
     with pytest.raises(UnavailableError) as caught:
         # Each wait capped at 50 ms: three quick tries, all while the slot is taken.
         make_client(slow, retries=2, max_backoff=0.05).invoke(seconds=0)
-    # The cap worked: waiting the server's Retry-After (1 s) twice would have outlasted
-    # the 1.5 s hold, and the third try would have been served.
+    # The cap worked: waiting the server's Retry-After (1 s) twice takes 2 s.
+    assert time.monotonic() - started < 1.9
     assert not busy.done()
     assert _refused_invocations(slow) - refused == 3  # the first try and two retries
     assert caught.value.status_code == 503

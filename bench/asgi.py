@@ -19,8 +19,8 @@ from starlette.applications import Starlette
 from starlette.types import Message
 
 from service import create_app
-from service.logs import configure_logging
-from service.pipeline import Pipeline
+from service.observe.logs import configure_logging
+from service.sdk.pipeline import Pipeline
 
 from . import inprocess
 

@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from service.pipeline import Pipeline
-from service.runner import Runner
-from service.schema import InvokeRequestData
+from service.sdk.pipeline import Pipeline
+from service.sdk.runner import Runner
+from service.server.schema import InvokeRequestData
 
 from . import pipelines as bp
 

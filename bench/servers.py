@@ -125,7 +125,7 @@ def start_pipeserve(spec: str, log_path: Path, env: dict[str, str]) -> Server:
     """pipeserve on `spec`, its home a fresh directory beside its log: nothing in the
     user's ~/.local/share/pipeserve (an auth_keys.json would turn auth on) reaches it."""
     port = free_port()
-    command = ["-m", "service.cli", "serve", spec, "--host", "127.0.0.1", "--port", str(port)]
+    command = ["-P", "-m", "service", "serve", spec, "--host", "127.0.0.1", "--port", str(port)]
     home = tempfile.mkdtemp(prefix=f"{log_path.stem}-home-", dir=log_path.parent)
     return start("pipeserve", command, port, log_path, {"PIPESERVE_HOME": home, **env})
 

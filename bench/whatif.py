@@ -16,9 +16,9 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-import service.app as service_app
-from service import logs
-from service.pipeline import Pipeline
+import service.server.app as service_app
+from service.observe import logs
+from service.sdk.pipeline import Pipeline
 
 from . import asgi, inprocess
 from .floor import FLOORS

@@ -5,11 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 
-class PipelineDefinitionError(Exception):
+class PipeserveError(Exception):
+    """The root of every error pipeserve raises."""
+
+
+class PipelineDefinitionError(PipeserveError):
     """A pipeline or step cannot be loaded: raised at load time, never per request."""
 
 
-class ServiceError(Exception):
+class ServiceError(PipeserveError):
     """An error answered to the client as `{"success": false, "error": {...}}`."""
 
     status_code: int = 500

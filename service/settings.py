@@ -155,7 +155,7 @@ class Settings(BaseSettings):
     @field_validator("auth_key_hashes")
     @classmethod
     def _valid_hashes(cls, value: str) -> str:
-        from .keys import parse_hash_setting
+        from service.auth import parse_hash_setting
 
         parse_hash_setting(value)
         return value

@@ -127,7 +127,7 @@ class ServerFactory:
         # Never the user's own home: its keys and runs are not the test's.
         env = {"PIPESERVE_HOME": str(self.tmp_path / "home"), **(env or {})}
         command = [
-            sys.executable, "-m", "service.cli", "serve", spec,
+            sys.executable, "-P", "-m", "service", "serve", spec,
             "--host", "127.0.0.1", "--port", str(port), *args,
         ]  # fmt: skip
         with log_path.open("wb") as log:

@@ -10,8 +10,8 @@ from typing import Any
 import schemathesis
 from hypothesis import strategies as st
 
-from service.runs import encode_cursor
-from service.runs_api import MAX_KEY_LENGTH
+from service.runs.manager import encode_cursor
+from service.server.runs_routes import MAX_KEY_LENGTH
 
 # A `next_cursor`: opaque to clients, and refused (422) unless the server made it.
 schemathesis.openapi.format(

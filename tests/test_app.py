@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.schema import InvokeFailure, InvokeResponse
+from service.server.schema import InvokeFailure, InvokeResponse
 from tests.conftest import ServerFactory, ServerProcess
 
 METADATA_FIELDS = {

@@ -15,10 +15,9 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from service.app import create_app
-from service.auth import generate_key, hash_key, is_key_hash, matches
-from service.k8s import K8sOptions, render
-from service.keys import KeyFile, hash_setting
+from service.auth import KeyFile, generate_key, hash_key, hash_setting, is_key_hash, matches
+from service.deployments.k8s import K8sOptions, render
+from service.server.app import create_app
 from tests.conftest import ServerFactory, ServerProcess
 from tests.test_guardrails import cli
 

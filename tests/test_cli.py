@@ -12,7 +12,7 @@ from tests.conftest import ROOT, server_env
 
 def pipeserve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
+        [sys.executable, "-P", "-m", "service", *args],
         cwd=ROOT,
         env=server_env(env),
         capture_output=True,

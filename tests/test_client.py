@@ -40,7 +40,7 @@ from service.client import (
     ValidationError,
     WaitTimeoutError,
 )
-from service.client_core import check, parse_retry_after, run_event
+from service.client.core import check, parse_retry_after, run_event
 from tests.conftest import ServerFactory, start_together
 
 KEY = generate_key()

@@ -17,9 +17,9 @@ import httpx
 import psutil
 import pytest
 
-from service.deployer import log_tail
-from service.params import ParameterError, coerce, parse_parameters
-from service.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from service.cli.params import ParameterError, coerce, parse_parameters
+from service.deployments.local import log_tail
+from service.runs.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from tests.conftest import ROOT, free_port, server_env
 from tests.test_webhooks import Receiver
 
@@ -41,7 +41,7 @@ def greeter(name: str = "world", times: int = 1):
 
 
 class CLI:
-    """`python -m service.cli ...` with its own home and an extra directory on PYTHONPATH."""
+    """`python -P -m service ...` with its own home and an extra directory on PYTHONPATH."""
 
     def __init__(self, home: Path, modules: Path) -> None:
         self.home = home
@@ -56,7 +56,7 @@ class CLI:
         self, *args: str, ok: bool = True, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [sys.executable, "-m", "service.cli", *args],
+            [sys.executable, "-P", "-m", "service", *args],
             cwd=ROOT,
             env={**self.env(), **(env or {})},
             capture_output=True,
@@ -180,7 +180,7 @@ def test_training_lifecycle(cli: CLI) -> None:
     assert again.returncode == 1 and "pass --update" in again.stderr
 
     with subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "deployment", "logs", "training", "-f", "--tail=1"],
+        [sys.executable, "-P", "-m", "service", "deployment", "logs", "training", "-f", "--tail=1"],
         cwd=ROOT, env=cli.env(), stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
     ) as follower:  # fmt: skip
         try:

@@ -17,7 +17,7 @@ from tests.conftest import ROOT, ServerFactory, server_env
 
 def cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
+        [sys.executable, "-P", "-m", "service", *args],
         cwd=ROOT,
         env=server_env({"PIPESERVE_HOME": str(home)}),
         capture_output=True,
@@ -94,7 +94,7 @@ def test_key_hashes_setting_and_metrics_auth(servers: ServerFactory, tmp_path: P
 
 def test_bad_key_hash_setting_is_one_line(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", "tests.sample_pipelines:echo"],
+        [sys.executable, "-P", "-m", "service", "serve", "tests.sample_pipelines:echo"],
         cwd=ROOT,
         env=server_env({"PIPESERVE_AUTH_KEY_HASHES": "k8s:md5:abc"}),
         capture_output=True,

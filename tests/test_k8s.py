@@ -15,9 +15,8 @@ import pytest
 import yaml
 from kubernetes_validate.utils import latest_version, validate
 
-from service.auth import hash_key
-from service.k8s import K8sOptions, ManifestError, render
-from service.keys import KeyFile, hash_setting, parse_hash_setting
+from service.auth import KeyFile, hash_key, hash_setting, parse_hash_setting
+from service.deployments.k8s import K8sOptions, ManifestError, render
 from tests.conftest import ROOT, ServerFactory, require_binary, server_env
 
 # The oldest Kubernetes the manifests are for: the preStop `sleep` action is on by default
@@ -176,7 +175,7 @@ def test_manifests_validate_and_agree_with_each_other(option_set: str) -> None:
 
 def pipeserve(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
+        [sys.executable, "-P", "-m", "service", *args],
         cwd=ROOT, env=server_env(), capture_output=True, text=True, timeout=120,
         stdin=subprocess.DEVNULL,
     )  # fmt: skip

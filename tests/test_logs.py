@@ -8,7 +8,7 @@ import logging
 
 import httpx
 
-from service.logs import ACCESS, configure_logging, log_access
+from service.observe.logs import ACCESS, configure_logging, log_access
 from tests.conftest import ServerFactory
 
 

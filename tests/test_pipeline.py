@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from service import Pipeline, PipelineDefinitionError, StepContext, pipeline, step
-from service.pipeline import Constant, FromParameter, FromStep
+from service.sdk.pipeline import Constant, FromParameter, FromStep
 
 
 @step

@@ -7,6 +7,7 @@ def test_public_api_is_pinned() -> None:
     assert sorted(service.__all__) == [
         "Pipeline",
         "PipelineDefinitionError",
+        "PipeserveError",
         "ServiceError",
         "Settings",
         "Step",

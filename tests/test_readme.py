@@ -36,7 +36,7 @@ def test_ci_runs_the_readme_test_command() -> None:
 def test_serve_command_names_the_installed_script_and_a_real_pipeline() -> None:
     import tomllib
 
-    from service.loader import load_pipeline
+    from service.sdk.loader import load_pipeline
 
     first = code_blocks("bash")[0].strip().splitlines()
     serve_command = first[
@@ -63,7 +63,7 @@ def test_settings_table_lists_every_setting() -> None:
 def test_webhook_verification_snippet_verifies_a_delivery() -> None:
     import time
 
-    from service.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
+    from service.runs.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
 
     (snippet,) = [b for b in code_blocks("python") if "def verify(" in b]
     namespace: dict[str, Any] = {}

@@ -16,9 +16,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from service import migrations
-from service.migrations import HEAD, VERSION_TABLE
-from service.store import PRUNE_BATCH, NewEvent, QueueFull, RunStore, metadata, normalize_url
+from service.runs import migrations
+from service.runs.migrations import HEAD, VERSION_TABLE
+from service.runs.store import PRUNE_BATCH, NewEvent, QueueFull, RunStore, metadata, normalize_url
 
 
 def queued_row(deployment: str = "d") -> tuple[dict[str, Any], NewEvent]:
@@ -83,7 +83,7 @@ def test_a_new_database_is_built_as_the_migrations_build_it(database_url: str) -
 def test_a_new_database_does_not_import_alembic(tmp_path: Path) -> None:
     # Alembic stays resident once imported (~10 MiB of the server's idle RSS).
     code = (
-        "import sys; from service.store import RunStore; "
+        "import sys; from service.runs.store import RunStore; "
         f"store = RunStore('sqlite:///{tmp_path / 'new.db'}', 'd'); store.migrate(); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))"
     )

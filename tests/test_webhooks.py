@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from service.runs.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from tests.conftest import ServerFactory
 
 SECRET = "whsec-test-3f9a"

@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from service.serialize import dumps_response
+from service.sdk.serialize import dumps_response
 
 ROWS = 1000
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench import pipelines as bp
-from service.schema import RequestModels
+from service.server.schema import RequestModels
 
 
 def test_parse_invoke_etl_body(benchmark: Any) -> None:

@@ -1,0 +1,9 @@
+"""Deployments: where a pipeline server runs besides the foreground.
+
+Owns local deployments (`pipeserve deploy`: detached server processes, their records and
+log files; `local`) and Kubernetes manifests (`pipeserve k8s render`; `k8s`).
+
+May import: `service.client` (a deployment is checked through its API), `service.auth`,
+`service.settings`, `service.files`, `service.errors`. Nothing from the server or the run
+store: a deployment is another process.
+"""

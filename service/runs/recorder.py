@@ -1,0 +1,199 @@
+"""The write-behind buffer of the run store: what a flush every 100 ms writes at once.
+
+It holds finished `/invoke` runs (their rows are built, outputs serialized, in one go on
+the flush, not on the request) and the step events of batch runs, in order. A flush writes
+both, with the step records of running batch runs, in one transaction.
+
+The buffer never wedges. When the database is out of reach (a transient failure), the
+buffer keeps what it held and the next flush, after a backoff, writes it; a crash loses
+at most what was buffered. When the database refuses the batch for what it holds (a
+record it cannot take), the batch is written again one record at a time, and only the
+records refused again are dropped, each logged and counted: one bad record never blocks
+the others, and is never retried forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from service.observe.metrics import Metrics
+from service.runs.records import Deployment, invocation_row
+from service.runs.store import NewEvent, RunStore, StoreHealth, is_transient
+from service.sdk.runner import Invocation
+from service.server.schema import InvokeRequestData
+
+logger = logging.getLogger("pipeserve.runs")
+
+FLUSH_INTERVAL = 0.1
+# Past this many unwritten `/invoke` records (the store is down), the oldest are dropped.
+MAX_BUFFERED = 10_000
+# The longest wait between two flushes while the database stays out of reach.
+MAX_BACKOFF = 5.0
+
+# A finished `/invoke` run: its invocation, request, deadline and step records.
+Entry = tuple[Invocation, InvokeRequestData, "float | None", "dict[str, dict[str, Any]]"]
+# Runs the blocking store call in the store's threads.
+Call = Callable[..., Awaitable[Any]]
+
+
+class Recorder:
+    def __init__(
+        self,
+        store: RunStore,
+        deployment: Deployment,
+        max_output_bytes: int,
+        call: Call,
+        progress: Callable[[], Mapping[str, dict[str, Any]]],
+        metrics: Metrics,
+        health: StoreHealth,
+    ) -> None:
+        self.store = store
+        self.deployment = deployment
+        self.max_output_bytes = max_output_bytes
+        self.metrics = metrics
+        self.health = health
+        self._call = call
+        # Step records of running batch runs that changed since the last flush.
+        self._progress = progress
+        self._recorded: dict[str, Entry] = {}
+        self._writing: dict[str, Entry] = {}
+        self._events: list[NewEvent] = []
+        self._lock = asyncio.Lock()
+        self._dropped = 0
+
+    def record(
+        self,
+        inv: Invocation,
+        data: InvokeRequestData,
+        deadline: float | None,
+        steps: dict[str, dict[str, Any]],
+    ) -> None:
+        """Keep a finished `/invoke` run for the next flush: the hot path's only cost."""
+        if len(self._recorded) >= MAX_BUFFERED:
+            self._recorded.pop(next(iter(self._recorded)))
+            self._drop("buffer_full")
+        self._recorded[inv.run_id] = (inv, data, deadline, steps)
+
+    def add_event(self, event: NewEvent) -> None:
+        self._events.append(event)
+
+    def pending_row(self, run_id: str) -> dict[str, Any] | None:
+        """An `/invoke` run not written yet, as the store will have it."""
+        entry = self._recorded.get(run_id) or self._writing.get(run_id)
+        return self._row(entry) if entry is not None else None
+
+    def _row(self, entry: Entry) -> dict[str, Any]:
+        inv, data, deadline, steps = entry
+        return invocation_row(
+            inv, data, self.deployment, self.max_output_bytes, deadline, steps=steps
+        )
+
+    def _drop(self, reason: str, **extra: Any) -> None:
+        self._dropped += 1
+        self.metrics.records_dropped.labels(reason).inc()
+        if reason != "buffer_full" or self._dropped % 1000 == 1:
+            logger.error(
+                "a run record could not be written and was dropped",
+                extra={"reason": reason, "dropped": self._dropped, **extra},
+            )
+
+    async def run(self) -> None:
+        backoff = FLUSH_INTERVAL
+        while True:
+            await asyncio.sleep(backoff)
+            try:
+                await self.flush()
+                backoff = FLUSH_INTERVAL
+            except Exception as exc:
+                if not is_transient(exc):
+                    logger.exception("writing run records failed; will retry")
+                backoff = min(MAX_BACKOFF, max(backoff * 2, 0.25))
+
+    async def flush(self) -> None:
+        """Write what the buffer holds. When the database is out of reach, keep it all for
+        the next flush and raise; a record the database refuses is dropped, alone."""
+        async with self._lock:
+            recorded, self._recorded = self._recorded, {}
+            new_events, self._events = self._events, []
+            progress = dict(self._progress())
+            if not (recorded or new_events or progress):
+                return
+            self._writing = recorded
+            # Rows are built here, on the event loop, in one go: in the store's thread
+            # this Python work would contend for the GIL with the requests being served.
+            finished = self._prepare(recorded)
+            try:
+                try:
+                    await self._call(
+                        self.store.write_batch,
+                        list(finished.values()),
+                        new_events,
+                        progress,
+                        time.time(),
+                    )
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise
+                    await self._write_one_by_one(finished, new_events, progress, exc)
+                self.health.ok()
+            except BaseException as exc:
+                if isinstance(exc, Exception) and is_transient(exc):
+                    self.health.failed(exc)
+                kept = {run_id: recorded[run_id] for run_id in finished}
+                self._recorded = {**kept, **self._recorded}
+                self._events = new_events + self._events
+                raise
+            finally:
+                self._writing = {}
+
+    def _prepare(self, recorded: Mapping[str, Entry]) -> dict[str, Any]:
+        """Each record as the store writes it; a value JSON cannot carry is left out."""
+        finished: dict[str, Any] = {}
+        for run_id, entry in recorded.items():
+            try:
+                parameters, omitted = self.store.prepare_finished(self._row(entry))
+            except Exception:
+                logger.exception("a run record could not be built", extra={"run_id": run_id})
+                self._drop("unbuildable", run_id=run_id)
+                continue
+            if omitted:
+                self.metrics.records_dropped.labels("unserializable_fields").inc()
+                logger.error(
+                    "a run record holds values JSON cannot carry; stored without them",
+                    extra={"run_id": run_id, "fields": omitted},
+                )
+            finished[run_id] = parameters
+        return finished
+
+    async def _write_one_by_one(
+        self,
+        finished: Mapping[str, Any],
+        new_events: Sequence[NewEvent],
+        progress: Mapping[str, Mapping[str, Any]],
+        cause: Exception,
+    ) -> None:
+        """The database refused the batch: find the records it refuses, write the rest."""
+        logger.warning(
+            "the run store refused a batch of records; writing them one at a time",
+            extra={"error": str(cause).splitlines()[0] if str(cause) else type(cause).__name__},
+        )
+        by_run: dict[str, list[NewEvent]] = {}
+        for event in new_events:
+            by_run.setdefault(event.run_id, []).append(event)
+        now = time.time()
+        parts: list[tuple[str, tuple[Any, ...]]] = [
+            *((run_id, ([row], [], {}, now)) for run_id, row in finished.items()),
+            *((run_id, ([], events, {}, now)) for run_id, events in by_run.items()),
+            *((run_id, ([], [], {run_id: steps}, now)) for run_id, steps in progress.items()),
+        ]
+        for run_id, args in parts:
+            try:
+                await self._call(self.store.write_batch, *args)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                self._drop("refused", run_id=run_id, error=str(exc).splitlines()[0])

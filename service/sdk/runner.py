@@ -1,0 +1,476 @@
+"""The runner: executes one invocation of a pipeline, with no process-global state.
+
+Each invocation owns its values, records and cancel flag, so any number of them run at
+once in one process. Async steps run on the event loop, sync steps on the worker
+threads of the executor given to the runner; independent branches run concurrently.
+When a single sync step is all that can run, the thread that ran it goes straight on
+to its sole sync successor: a chain of sync steps costs one thread hop, not one a step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+import traceback
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.sdk.pipeline import Constant, FromParameter, FromStep, Pipeline
+from service.sdk.step import StepContext
+from service.server.schema import InvokeRequestData
+
+logger = logging.getLogger("pipeserve.runner")
+
+_FROM_STEP, _FROM_PARAMETER, _CONSTANT = 0, 1, 2
+
+
+@dataclass(slots=True)
+class StepRecord:
+    status: str = "pending"
+    started_at: float | None = None
+    duration: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StepError:
+    step: str
+    type: str
+    message: str
+    traceback: str
+
+
+@dataclass(frozen=True, slots=True)
+class StepEvent:
+    """A step's progress, for run recording and live streams; may come from a worker thread."""
+
+    run_id: str
+    kind: str  # step_started | step_finished | step_failed
+    step: str
+    at: float
+    duration: float | None = None
+    error: StepError | None = None
+
+
+StepListener = Callable[[StepEvent], None]
+
+
+def new_run_id() -> str:
+    """A random (version 4) UUID as text, made without a UUID object: a third of the cost."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The steps one request runs (all, or those an `until` step needs), precomputed."""
+
+    members: tuple[int, ...]
+    roots: tuple[int, ...]
+    remaining: tuple[int, ...]
+    downstream: tuple[tuple[int, ...], ...]
+    outputs: tuple[tuple[str, int, int], ...]
+
+
+@dataclass(eq=False)
+class Invocation:
+    """The state of one run: private to it, so runs never see each other's values."""
+
+    run_id: str
+    parameters: dict[str, Any]
+    step_parameters: dict[str, dict[str, Any]]
+    plan: Plan
+    listener: StepListener | None = None
+    records: dict[str, StepRecord] = field(default_factory=dict)
+    values: list[tuple[Any, ...] | None] = field(default_factory=list)
+    error: StepError | None = None
+    status: str = "queued"
+    outputs: dict[str, Any] | None = None
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    execution_time: float = 0.0
+    thread_futures: list[Future[Any]] = field(default_factory=list)
+    # Read by the runner between steps, from any thread: a plain flag suffices for that.
+    cancel_requested: bool = False
+    # What `StepContext.cancelled()` reads; made only for a pipeline with a step that takes
+    # a StepContext (a threading.Event costs more to make than a one-step run).
+    cancel_event: threading.Event | None = None
+
+    def cancel(self) -> None:
+        """Cooperative: no further step starts; the caller cancels the awaiting task."""
+        self.cancel_requested = True
+        if self.cancel_event is not None:
+            self.cancel_event.set()
+
+    async def wait_threads(self) -> None:
+        """Return once no worker thread runs a step of this invocation any more."""
+        for cf in self.thread_futures:
+            if not cf.done():
+                try:
+                    await asyncio.wrap_future(cf)
+                except BaseException:  # only its end matters here
+                    pass
+
+    def threads_running(self) -> bool:
+        return any(not cf.done() for cf in self.thread_futures)
+
+    def release_when_threads_end(
+        self,
+        slots: asyncio.Semaphore,
+        spawn: Callable[[Coroutine[Any, Any, None]], object],
+    ) -> None:
+        """Free the concurrency slot this run held once no thread runs a step of it.
+
+        Even after a deadline or a cancel: a sync step cannot be stopped, and releasing
+        its slot early would let the real concurrency grow without bound.
+        """
+        if not self.threads_running():
+            slots.release()
+            return
+
+        async def release_later() -> None:
+            try:
+                await self.wait_threads()
+            finally:
+                slots.release()
+
+        spawn(release_later())
+
+
+class Runner:
+    """Runs invocations of one pipeline; `state` is what `on_init` returned."""
+
+    def __init__(self, pipeline: Pipeline, executor: Executor, state: Any = None) -> None:
+        self.pipeline = pipeline
+        self.executor = executor
+        self.state = state
+        self._nodes = pipeline.steps
+        self._takes_context = any(n.step.context_parameter is not None for n in pipeline.steps)
+        self._arg_plans = [
+            tuple(self._arg_plan(name, source) for name, source in node.arguments.items())
+            for node in pipeline.steps
+        ]
+        # Plans for `until` are made on first use: a cache, not shared mutable state.
+        self._plans: dict[str | None, Plan] = {None: self._make_plan(None)}
+
+    @staticmethod
+    def _arg_plan(name: str, source: Any) -> tuple[str, int, Any, int]:
+        if isinstance(source, FromStep):
+            return (name, _FROM_STEP, source.step_index, source.output_index)
+        if isinstance(source, FromParameter):
+            return (name, _FROM_PARAMETER, source.name, 0)
+        assert isinstance(source, Constant)
+        return (name, _CONSTANT, source.value, 0)
+
+    def _make_plan(self, until: str | None) -> Plan:
+        nodes = self._nodes
+        if until is None:
+            members = set(range(len(nodes)))
+            outputs = tuple(
+                (name, src.step_index, src.output_index)
+                for name, src in self.pipeline.outputs.items()
+            )
+        else:
+            target = self.pipeline.steps_by_name[until].index
+            members = {target}
+            stack = [target]
+            while stack:
+                for u in nodes[stack.pop()].upstream:
+                    if u not in members:
+                        members.add(u)
+                        stack.append(u)
+            outputs = tuple(
+                (name, target, i) for i, name in enumerate(nodes[target].step.output_names)
+            )
+        downstream: list[list[int]] = [[] for _ in nodes]
+        remaining = [0] * len(nodes)
+        for i in members:
+            for u in nodes[i].upstream:
+                downstream[u].append(i)
+                remaining[i] += 1
+        ordered = tuple(sorted(members))
+        return Plan(
+            members=ordered,
+            roots=tuple(i for i in ordered if remaining[i] == 0),
+            remaining=tuple(remaining),
+            downstream=tuple(tuple(sorted(d)) for d in downstream),
+            outputs=outputs,
+        )
+
+    def invocation(
+        self,
+        request: InvokeRequestData,
+        run_id: str | None = None,
+        listener: StepListener | None = None,
+    ) -> Invocation:
+        plan = self._plans.get(request.until)
+        if plan is None:
+            plan = self._plans[request.until] = self._make_plan(request.until)
+        return Invocation(
+            run_id=run_id or new_run_id(),
+            parameters=request.parameters,
+            step_parameters=request.step_parameters,
+            plan=plan,
+            listener=listener,
+            records={self._nodes[i].name: StepRecord() for i in plan.members},
+            values=[None] * len(self._nodes),
+            cancel_event=threading.Event() if self._takes_context else None,
+        )
+
+    async def run(self, inv: Invocation) -> Invocation:
+        """Run to the end; on outside cancellation (a timeout), stop starting steps and re-raise."""
+        inv.status = "running"
+        inv.started_at = time.time()
+        t0 = time.perf_counter()
+        try:
+            await self._execute(inv)
+        finally:
+            inv.execution_time = time.perf_counter() - t0
+            inv.finished_at = time.time()
+        if inv.error is not None:
+            inv.status = "failed"
+        elif inv.cancel_requested:
+            inv.status = "cancelled"
+        else:
+            inv.status = "succeeded"
+            values = inv.values
+            inv.outputs = {
+                name: values[i][o]  # type: ignore[index]
+                for name, i, o in inv.plan.outputs
+            }
+        return inv
+
+    async def _execute(self, inv: Invocation) -> None:
+        plan = inv.plan
+        remaining = list(plan.remaining)
+        ready = list(plan.roots)
+        running: dict[asyncio.Future[Any], int] = {}
+        nodes = self._nodes
+        try:
+            while True:
+                if inv.error is None and not inv.cancel_requested:
+                    if not running and len(ready) == 1:
+                        # Alone: run it here, without a task; a sync one chains in its thread.
+                        i = ready.pop()
+                        if nodes[i].step.is_async:
+                            if await self._run_async(inv, i):
+                                ready.extend(self._release(i, remaining, plan))
+                        else:
+                            chain = self.executor.submit(self._run_sync_chain, inv, i, remaining)
+                            inv.thread_futures.append(chain)
+                            newly: list[int] = await asyncio.wrap_future(chain)
+                            ready.extend(newly)
+                        continue
+                    while ready:
+                        i = ready.pop()
+                        fut: asyncio.Future[Any]
+                        if nodes[i].step.is_async:
+                            fut = asyncio.ensure_future(self._run_async(inv, i))
+                        else:
+                            single = self.executor.submit(self._run_sync, inv, i)
+                            inv.thread_futures.append(single)
+                            fut = asyncio.wrap_future(single)
+                        running[fut] = i
+                if not running:
+                    return
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for fut in done:
+                    i = running.pop(fut)
+                    if fut.result():
+                        ready.extend(self._release(i, remaining, plan))
+                if inv.error is not None and running:
+                    # A step failed: answer now. Async siblings are cancelled; a sync one
+                    # cannot be interrupted, and `wait_threads` tells when it is over.
+                    inv.cancel()
+                    await self._abandon(running)
+                    return
+        except asyncio.CancelledError:
+            inv.cancel()
+            await self._abandon(running)
+            raise
+
+    @staticmethod
+    async def _abandon(running: dict[asyncio.Future[Any], int]) -> None:
+        for fut in running:
+            fut.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
+    @staticmethod
+    def _release(i: int, remaining: list[int], plan: Plan) -> list[int]:
+        newly: list[int] = []
+        for d in plan.downstream[i]:
+            remaining[d] -= 1
+            if remaining[d] == 0:
+                newly.append(d)
+        return newly
+
+    def _run_sync_chain(self, inv: Invocation, i: int, remaining: list[int]) -> list[int]:
+        # Runs in a worker thread while the event loop side awaits only this call, so the
+        # thread alone touches `remaining` until it returns.
+        nodes = self._nodes
+        while True:
+            if not self._run_sync(inv, i):
+                return []
+            newly = self._release(i, remaining, inv.plan)
+            if len(newly) != 1 or nodes[newly[0]].step.is_async or inv.cancel_requested:
+                return newly
+            i = newly[0]
+
+    def _kwargs(self, inv: Invocation, i: int) -> dict[str, Any]:
+        node = self._nodes[i]
+        overrides = inv.step_parameters.get(node.name)
+        values = inv.values
+        kwargs: dict[str, Any] = {}
+        for name, kind, a, b in self._arg_plans[i]:
+            if overrides is not None and name in overrides:
+                kwargs[name] = overrides[name]
+            elif kind == _FROM_STEP:
+                kwargs[name] = values[a][b]
+            elif kind == _FROM_PARAMETER:
+                kwargs[name] = inv.parameters[a]
+            else:
+                kwargs[name] = a
+        context_parameter = node.step.context_parameter
+        if context_parameter is not None:
+            cancel_event = inv.cancel_event
+            assert cancel_event is not None  # made for every pipeline with such a step
+            kwargs[context_parameter] = StepContext(
+                state=self.state,
+                run_id=inv.run_id,
+                step_name=node.name,
+                pipeline_name=self.pipeline.name,
+                parameters=inv.parameters,
+                _cancel_event=cancel_event,
+            )
+        return kwargs
+
+    def _started(self, inv: Invocation, i: int) -> StepRecord:
+        name = self._nodes[i].name
+        record = inv.records[name]
+        record.status = "running"
+        record.started_at = time.time()
+        if inv.listener is not None:
+            inv.listener(StepEvent(inv.run_id, "step_started", name, record.started_at))
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("step started", extra={"run_id": inv.run_id, "step": name})
+        return record
+
+    def _finished(
+        self, inv: Invocation, i: int, record: StepRecord, t0: float, result: Any
+    ) -> bool:
+        node = self._nodes[i]
+        record.duration = time.perf_counter() - t0
+        n_outputs = len(node.step.output_names)
+        if n_outputs == 1:
+            inv.values[i] = (result,)
+        elif isinstance(result, tuple) and len(result) == n_outputs:
+            inv.values[i] = result
+        else:
+            got = len(result) if isinstance(result, tuple) else 1
+            return self._failed(
+                inv,
+                i,
+                record,
+                t0,
+                TypeError(
+                    f"step '{node.name}' returned {got} value(s) but declares "
+                    f"{n_outputs} outputs {list(node.step.output_names)}"
+                ),
+            )
+        record.status = "completed"
+        if inv.listener is not None:
+            inv.listener(
+                StepEvent(inv.run_id, "step_finished", node.name, time.time(), record.duration)
+            )
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "step finished",
+                extra={"run_id": inv.run_id, "step": node.name, "duration": record.duration},
+            )
+        return True
+
+    def _failed(
+        self, inv: Invocation, i: int, record: StepRecord, t0: float, exc: BaseException
+    ) -> bool:
+        name = self._nodes[i].name
+        record.duration = time.perf_counter() - t0
+        record.status = "failed"
+        error = StepError(
+            step=name,
+            type=type(exc).__name__,
+            message=str(exc),
+            traceback="".join(traceback.format_exception(exc)),
+        )
+        if inv.error is None:
+            inv.error = error
+        logger.error(
+            "step failed: %s: %s",
+            error.type,
+            error.message,
+            exc_info=exc,
+            extra={"run_id": inv.run_id, "step": name},
+        )
+        if inv.listener is not None:
+            inv.listener(
+                StepEvent(inv.run_id, "step_failed", name, time.time(), record.duration, error)
+            )
+        return False
+
+    def _run_sync(self, inv: Invocation, i: int) -> bool:
+        if inv.cancel_requested:
+            return False
+        record = self._started(inv, i)
+        t0 = time.perf_counter()
+        try:
+            result = self._nodes[i].step.func(**self._kwargs(inv, i))
+        except Exception as exc:
+            return self._failed(inv, i, record, t0, exc)
+        return self._finished(inv, i, record, t0, result)
+
+    async def _run_async(self, inv: Invocation, i: int) -> bool:
+        record = self._started(inv, i)
+        t0 = time.perf_counter()
+        try:
+            result = await self._nodes[i].step.func(**self._kwargs(inv, i))
+        except asyncio.CancelledError:
+            record.status = "cancelled"
+            record.duration = time.perf_counter() - t0
+            raise
+        except Exception as exc:
+            return self._failed(inv, i, record, t0, exc)
+        return self._finished(inv, i, record, t0, result)
+
+
+def run_pipeline(
+    pipeline: Pipeline,
+    parameters: dict[str, Any] | None = None,
+    *,
+    steps: dict[str, dict[str, Any]] | None = None,
+    until: str | None = None,
+    state: Any = None,
+) -> Invocation:
+    """Run a pipeline once in this process, without a server: for tests and notebooks.
+
+    Request validation is the server's: here values are passed as they are.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    request = InvokeRequestData(
+        parameters={**pipeline.parameter_defaults(), **(parameters or {})},
+        step_parameters={
+            name: dict(config.get("parameters", {})) for name, config in (steps or {}).items()
+        },
+        until=until,
+        timeout=None,
+    )
+
+    async def main() -> Invocation:
+        with ThreadPoolExecutor(thread_name_prefix="pipeserve-step") as executor:
+            runner = Runner(pipeline, executor, state)
+            return await runner.run(runner.invocation(request))
+
+    return asyncio.run(main())

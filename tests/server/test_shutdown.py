@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import ServerFactory
-from tests.test_runs import wait_status
+from tests.runs.test_runs import wait_status
 
 
 def test_sigterm_under_load_loses_no_request(servers: ServerFactory, tmp_path: Path) -> None:

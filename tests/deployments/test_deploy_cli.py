@@ -21,7 +21,7 @@ from service.cli.params import ParameterError, coerce, parse_parameters
 from service.deployments.local import log_tail
 from service.runs.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from tests.conftest import ROOT, free_port, server_env
-from tests.test_webhooks import Receiver
+from tests.runs.test_webhooks import Receiver
 
 GREETER = """
 from typing import Annotated

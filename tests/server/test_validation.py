@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import ServerFactory, ServerProcess
-from tests.test_runs import FAST, read_events, wait_status
+from tests.runs.test_runs import FAST, read_events, wait_status
 
 TOO_LARGE = "JSON integers must fit in 64 bits"
 

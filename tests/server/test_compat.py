@@ -6,7 +6,7 @@ from pathlib import Path
 
 from service.auth import generate_key, hash_key
 from tests.conftest import ServerFactory
-from tests.test_runs import wait_status
+from tests.runs.test_runs import wait_status
 
 
 def test_prophecy_trigger_and_status_verbatim(servers: ServerFactory, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import ServerFactory, free_port, require_binary, start_together
-from tests.test_runs import read_events, wait_status
+from tests.runs.test_runs import read_events, wait_status
 
 
 @dataclass

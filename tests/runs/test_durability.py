@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import ServerFactory, ServerProcess
-from tests.test_runs import read_events, wait_status
+from tests.runs.test_runs import read_events, wait_status
 
 FAST = ("--poll-interval", "0.2", "--run-lease", "1", "--run-workers", "1")
 

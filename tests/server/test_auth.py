@@ -19,7 +19,7 @@ from service.auth import KeyFile, generate_key, hash_key, hash_setting, is_key_h
 from service.deployments.k8s import K8sOptions, render
 from service.server.app import create_app
 from tests.conftest import ServerFactory, ServerProcess
-from tests.test_guardrails import cli
+from tests.server.test_guardrails import cli
 
 
 def test_keys_are_long_random_and_stored_only_as_hashes() -> None:

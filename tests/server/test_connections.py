@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import ServerFactory, ServerProcess
+from tests.conftest import ServerFactory, ServerProcess
 
 SPEC = "tests.connection_pipelines:fragile"
 SLOW_CLIENTS = 1100

@@ -19,15 +19,17 @@ from starlette.applications import Starlette
 from starlette.types import Message
 
 from service import create_app
+from service.cli.server import freeze_heap
 from service.observe.logs import configure_logging
 from service.sdk.pipeline import Pipeline
+from service.server.lifecycle import ProcessHooks
 
 from . import inprocess
 
 ECHO_BODY = b'{"parameters": {"x": 1}}'
 
 
-def _scope(path: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+def _scope(path: str, body: bytes, headers: Sequence[tuple[bytes, bytes]]) -> dict[str, Any]:
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
@@ -121,7 +123,9 @@ async def production_app(pipeline: Pipeline) -> AsyncIterator[Starlette]:
     echo-recording: driven in-process with no idle moment, the write-behind flush would
     never get a turn."""
     with tempfile.TemporaryDirectory() as home, open(os.devnull, "w") as devnull:
-        app = create_app(pipeline, home=home, record_invocations=False)
+        # The heap frozen once ready, as the `pipeserve serve` process does.
+        hooks = ProcessHooks(ready=freeze_heap)
+        app = create_app(pipeline, home=home, record_invocations=False, hooks=hooks)
         with server_logging(devnull):
             async with started(app):
                 yield app

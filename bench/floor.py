@@ -211,7 +211,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8001)
     args = parser.parse_args()
     app = FLOORS[args.floor]().app()
-    # pipeserve's own uvicorn settings (service/cli.py run_server), so only the app differs:
+    # pipeserve's own uvicorn settings (service/cli/server.py run_server), so only the app differs:
     # loop and http "auto" pick uvloop and httptools when installed, for both.
     config = uvicorn.Config(
         app,

@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from service.sdk.pipeline import Pipeline
+from service.sdk.requests import InvokeRequestData
 from service.sdk.runner import Runner
-from service.server.schema import InvokeRequestData
 
 from . import pipelines as bp
 

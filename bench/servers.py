@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import os
 import signal
 import socket
@@ -14,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
+from service.deployments.readiness import ExitedEarly, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,17 +34,6 @@ def cpu_seconds(pid: int) -> float:
     """User and system CPU time a process (all its threads, not its children) has used."""
     times = psutil.Process(pid).cpu_times()
     return float(times.user + times.system)
-
-
-def _status(port: int, path: str) -> int | None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        conn.request("GET", path)
-        return conn.getresponse().status
-    except OSError:
-        return None
-    finally:
-        conn.close()
 
 
 @dataclass
@@ -104,21 +94,19 @@ def start(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-    deadline = t0 + timeout
-    while True:
-        if _status(port, "/ready") == 200:
-            cold_start = time.perf_counter() - t0
-            return Server(kind, port, proc, log_path, cold_start)
-        if proc.poll() is not None or time.perf_counter() > deadline:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-            text = log_path.read_text(errors="replace")
-            raise RuntimeError(
-                f"{kind} ({' '.join(command)}) did not get ready "
-                f"(exit code {proc.returncode}):\n{text[-4000:]}"
-            )
-        time.sleep(0.005)
+    try:
+        # Polled often: the cold start is this wait.
+        wait_ready(proc, f"http://127.0.0.1:{port}", timeout, interval=0.005)
+    except (ExitedEarly, TimeoutError):
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        text = log_path.read_text(errors="replace")
+        raise RuntimeError(
+            f"{kind} ({' '.join(command)}) did not get ready "
+            f"(exit code {proc.returncode}):\n{text[-4000:]}"
+        ) from None
+    return Server(kind, port, proc, log_path, time.perf_counter() - t0)
 
 
 def start_pipeserve(spec: str, log_path: Path, env: dict[str, str]) -> Server:

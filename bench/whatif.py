@@ -4,7 +4,7 @@
 
 Each part is switched off on a running app in-process (patching the instance),
 cumulatively, and measured as CPU per /invoke (bench/asgi.py); each step's difference is
-that part's cost. The patches reach into PipelineService: when app.py changes shape,
+that part's cost. The patches reach into the Invoker (server/invoke.py): when it changes shape,
 update them.
 """
 
@@ -16,7 +16,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-import service.server.app as service_app
+import service.server.invoke as service_invoke
 from service.observe import logs
 from service.sdk.pipeline import Pipeline
 
@@ -37,7 +37,7 @@ async def _no_slot() -> None:
     return None
 
 
-# A part switched off on a live app, given its PipelineService.
+# A part switched off on a live app, given its Invoker.
 Patch = Callable[[Any], None]
 
 
@@ -49,8 +49,8 @@ def _replace(owner: Any, name: str, value: Any) -> None:
 
 
 def _no_timeout(service: Any) -> None:
-    # app.py's own name for asyncio.timeout: the global one stays, for everything else.
-    _replace(service_app, "timeout", lambda delay: contextlib.nullcontext())
+    # invoke.py's own name for asyncio.timeout: the global one stays, for everything else.
+    _replace(service_invoke, "timeout", lambda delay: contextlib.nullcontext())
 
 
 def _no_access_log(service: Any) -> None:
@@ -99,10 +99,10 @@ def measure(pipeline: Pipeline, floor_name: str, n: int, rounds: int) -> dict[st
             found["now"] = await asgi.best_us(app, n, rounds)
             try:
                 for label, patch in ATTRIBUTION:
-                    patch(app.state.service)
+                    patch(app.state.invoker)
                     found[label] = await asgi.best_us(app, n, rounds)
             finally:
-                service_app.timeout = asyncio.timeout
+                _replace(service_invoke, "timeout", asyncio.timeout)
                 logs.ACCESS.disabled = False
         return found
 

@@ -55,7 +55,7 @@ def predict(
 @pipeline(on_init=load_model)
 def inference_pipeline(
     rows: list[list[float]] = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]],  # noqa: B006
-):  # type: ignore[no-untyped-def]
+) -> tuple[list[str], np.ndarray]:
     """Score a batch of iris measurements with a model loaded once per process."""
     batch = validate(rows)
     return predict(batch)

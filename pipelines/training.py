@@ -61,7 +61,7 @@ def train_and_evaluate(
 def training_pipeline(
     data_url: str = "s3://example-bucket/data.csv",
     model_type: str = "random_forest",
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """A configurable training pipeline that can be triggered externally."""
     data = load_data(data_url)
     datasets = preprocess(data)

@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+from service.errors import PipeserveError
 from service.files import NAME, write_private
 
 KEY_PREFIX = "psk_"
@@ -69,7 +70,7 @@ logger = logging.getLogger("pipeserve.auth")
 AuthMode = Literal["auto", "required", "off"]
 
 
-class KeyStoreError(Exception):
+class KeyStoreError(PipeserveError):
     """A key command cannot be done; the message is one line for the user."""
 
 

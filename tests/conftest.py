@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from service.deployments.readiness import ExitedEarly, wait_ready
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -67,25 +69,14 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
     def wait_for(self, path: str, status: int = 200, timeout: float = 30) -> httpx.Response:
-        deadline = time.monotonic() + timeout
-        last: Exception | httpx.Response | None = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"server exited with {self.proc.returncode} before {path} answered "
-                    f"{status}:\n{self.logs()}"
-                )
-            try:
-                response = httpx.get(self.url + path, timeout=2)
-                if response.status_code == status:
-                    return response
-                last = response
-            except httpx.TransportError as exc:
-                last = exc
-            time.sleep(0.05)
-        raise TimeoutError(
-            f"{path} did not answer {status} in {timeout}s (last: {last!r}):\n{self.logs()}"
-        )
+        try:
+            return wait_ready(self.proc, self.url, timeout, path=path, status=status)
+        except ExitedEarly as exc:
+            raise RuntimeError(
+                f"server exited with {exc.code} before {path} answered {status}:\n{self.logs()}"
+            ) from None
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}:\n{self.logs()}") from None
 
     def wait_all_workers_ready(self, timeout: float = 30) -> None:
         """With --workers N, /ready came from one worker; wait until 20 in a row say 200."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench import pipelines as bp
-from service.server.schema import RequestModels
+from service.sdk.requests import RequestModels
 
 
 def test_parse_invoke_etl_body(benchmark: Any) -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from service.errors import PipeserveError
 
-class ParameterError(Exception):
+
+class ParameterError(PipeserveError):
     """The arguments are not `--name=value` pairs; the message is for the user."""
 
 

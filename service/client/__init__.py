@@ -11,24 +11,21 @@ Errors are typed (`service.client.StepFailedError`, ...) and carry the server's 
 429 and 503 answers are retried with exponential backoff, or after `Retry-After`. Both
 clients only do I/O: the logic is in `service.client.core`, written once.
 
-This package imports nothing from the server, the run store or the SDK (a test pins it),
-so that a caller installs and imports only what talking to a deployment needs.
+May import: `service.errors` (the error declarations it maps answers to) and
+`service.status` (the run statuses). Nothing from the server, the run store or the SDK (a
+test pins it), so that a caller imports only what talking to a deployment needs.
 """
 
-from service.client.clients import (
-    AsyncClient,
-    AsyncRunHandle,
+from service.client.clients import AsyncClient, AsyncRunHandle, Client, RunHandle
+from service.client.core import InvokeResult, RunEvent
+from service.client.errors import (
+    APIError,
     BadRequestError,
-    Client,
     ConflictError,
     DeadlineExceededError,
-    InvokeResult,
     NotFoundError,
     PayloadTooLargeError,
-    PipeserveError,
     RateLimitedError,
-    RunEvent,
-    RunHandle,
     ServerError,
     StepFailedError,
     UnauthorizedError,
@@ -38,6 +35,7 @@ from service.client.clients import (
 )
 
 __all__ = [
+    "APIError",
     "AsyncClient",
     "AsyncRunHandle",
     "BadRequestError",
@@ -47,7 +45,6 @@ __all__ = [
     "InvokeResult",
     "NotFoundError",
     "PayloadTooLargeError",
-    "PipeserveError",
     "RateLimitedError",
     "RunEvent",
     "RunHandle",

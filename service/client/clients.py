@@ -14,51 +14,18 @@ from httpx_sse import EventSource
 from service import __version__
 from service.client import core
 from service.client.core import (
-    BadRequestError,
-    ConflictError,
-    DeadlineExceededError,
     InvokeResult,
-    NotFoundError,
     Operation,
     Pager,
-    PayloadTooLargeError,
-    PipeserveError,
-    RateLimitedError,
     Request,
     RetryPolicy,
     RunEvent,
-    ServerError,
     Sleep,
-    StepFailedError,
-    UnauthorizedError,
-    UnavailableError,
-    ValidationError,
-    WaitTimeoutError,
     auth_headers,
+)
+from service.client.errors import (
     error_for,
 )
-
-__all__ = [
-    "AsyncClient",
-    "AsyncRunHandle",
-    "BadRequestError",
-    "Client",
-    "ConflictError",
-    "DeadlineExceededError",
-    "InvokeResult",
-    "NotFoundError",
-    "PayloadTooLargeError",
-    "PipeserveError",
-    "RateLimitedError",
-    "RunEvent",
-    "RunHandle",
-    "ServerError",
-    "StepFailedError",
-    "UnauthorizedError",
-    "UnavailableError",
-    "ValidationError",
-    "WaitTimeoutError",
-]
 
 T = TypeVar("T")
 

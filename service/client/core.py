@@ -1,5 +1,4 @@
 """The Python client's sans-IO core, shared by `Client` and `AsyncClient`.
-
 Each API call is an *operation*: a generator that yields what to do next (send a
 `Request`, or `Sleep`) and receives the result (an `httpx.Response`, or None). The sync
 and the async client each drive operations with their own I/O, so request building,
@@ -8,199 +7,25 @@ answer decoding, typed errors, retries with backoff and run polling are written 
 
 from __future__ import annotations
 
-import email.utils
-import math
 import time
 import urllib.parse
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import httpx
 from httpx_sse import ServerSentEvent
 
 from service import errors
+from service.client.errors import (
+    RETRY_STATUSES,
+    WaitTimeoutError,
+    check,
+    parse_retry_after,
+)
+from service.status import TERMINAL
 
 T = TypeVar("T")
-
-TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
-RETRY_STATUSES = frozenset(
-    {errors.TooManyRequests.status_code, errors.ServiceUnavailable.status_code}
-)
-
-
-# -- errors ---------------------------------------------------------------------------
-
-
-class PipeserveError(Exception):
-    """The server answered an error: its status code and its JSON body.
-
-    `body` is the whole answer (`{"success": false, "error": {...}, ...}`); `error` is
-    its `error` object, with `error_type` and `message` read from it.
-    """
-
-    def __init__(
-        self, status_code: int, body: dict[str, Any], headers: Mapping[str, str] | None = None
-    ) -> None:
-        error = body.get("error")
-        self.status_code = status_code
-        self.body = body
-        self.error: dict[str, Any] = error if isinstance(error, dict) else {}
-        self.error_type: str = str(self.error.get("type", "http_error"))
-        self.message: str = str(self.error.get("message", f"HTTP {status_code}"))
-        self.headers: dict[str, str] = dict(headers or {})
-        super().__init__(f"{status_code} {self.error_type}: {self.message}")
-
-    @property
-    def retry_after(self) -> float | None:
-        """Seconds the server asked to wait (`Retry-After`), if it did."""
-        return parse_retry_after(self.headers.get("retry-after"))
-
-    @property
-    def run_id(self) -> str | None:
-        """The run an invocation error belongs to (a step failure, a timeout)."""
-        metadata = self.body.get("metadata")
-        return metadata.get("run_id") if isinstance(metadata, dict) else None
-
-
-class BadRequestError(PipeserveError):
-    """400: the body is not JSON, or nests too deep."""
-
-
-class UnauthorizedError(PipeserveError):
-    """401: auth is on and the key is missing or wrong."""
-
-
-class NotFoundError(PipeserveError):
-    """404: no such route, or no such run."""
-
-
-class ConflictError(PipeserveError):
-    """409: e.g. cancelling a run that has already ended."""
-
-
-class PayloadTooLargeError(PipeserveError):
-    """413: the body is larger than the server's limit."""
-
-
-class ValidationError(PipeserveError):
-    """422: the request does not fit the pipeline's schema; `errors` lists each field."""
-
-    @property
-    def errors(self) -> list[dict[str, Any]]:
-        return list(self.error.get("errors", []))
-
-
-class RateLimitedError(PipeserveError):
-    """429: the run queue is full; retry after `retry_after` seconds."""
-
-
-class UnavailableError(PipeserveError):
-    """503: at capacity, starting or shutting down; retry after `retry_after` seconds."""
-
-
-class DeadlineExceededError(PipeserveError):
-    """504: the invocation passed its deadline; `step` was running."""
-
-    @property
-    def step(self) -> str | None:
-        return self.error.get("step")
-
-
-class ServerError(PipeserveError):
-    """Any other 5xx, e.g. an output that JSON cannot carry."""
-
-
-class StepFailedError(ServerError):
-    """500: a step raised; `step` names it and `error_type` is its exception's class."""
-
-    @property
-    def step(self) -> str | None:
-        return self.error.get("step")
-
-
-class WaitTimeoutError(TimeoutError):
-    """`wait()` gave up before the run ended; the run goes on."""
-
-    def __init__(self, run_id: str, record: dict[str, Any]) -> None:
-        self.run_id = run_id
-        self.record = record
-        super().__init__(f"run {run_id} is still {record.get('status')!r}")
-
-
-# The server's error classes carry the status codes: each number lives there only.
-_ERRORS: dict[int, type[PipeserveError]] = {
-    errors.BadRequest.status_code: BadRequestError,
-    errors.Unauthorized.status_code: UnauthorizedError,
-    errors.NotFound.status_code: NotFoundError,
-    errors.Conflict.status_code: ConflictError,
-    errors.PayloadTooLarge.status_code: PayloadTooLargeError,
-    errors.ValidationFailed.status_code: ValidationError,
-    errors.TooManyRequests.status_code: RateLimitedError,
-    errors.ServiceUnavailable.status_code: UnavailableError,
-    errors.DeadlineExceeded.status_code: DeadlineExceededError,
-}
-
-
-def error_for(response: httpx.Response) -> PipeserveError:
-    body = error_body(response)
-    status = response.status_code
-    cls = _ERRORS.get(status)
-    if cls is None:
-        error = body.get("error")
-        # A step's failure names the step; another 500 (an output JSON cannot carry) does not.
-        step = error.get("step") if isinstance(error, dict) else None
-        if status == errors.StepFailed.status_code and step:
-            cls = StepFailedError
-        else:
-            cls = ServerError if status >= 500 else PipeserveError
-    return cls(status, body, response.headers)
-
-
-def error_body(response: httpx.Response, error_type: str = "http_error") -> dict[str, Any]:
-    """The server's JSON error body; one of its shape for an answer without one (e.g. a
-    proxy's error page)."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict):
-        return body
-    text = response.text.strip()[:500] or "no body"
-    message = f"HTTP {response.status_code} without a JSON object: {text}"
-    return {"success": False, "error": {"type": error_type, "message": message}}
-
-
-def check(response: httpx.Response, *ok: int) -> Any:
-    """The JSON of an expected answer; the typed error of any other."""
-    if response.status_code not in (ok or (200,)):
-        raise error_for(response)
-    try:
-        return response.json()
-    except ValueError:
-        # Something other than pipeserve answered (a proxy, a page at this URL).
-        raise PipeserveError(
-            response.status_code, error_body(response, "not_json"), response.headers
-        ) from None
-
-
-# -- retries --------------------------------------------------------------------------
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """`Retry-After` as seconds: a number, or an HTTP date."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        seconds = (when - datetime.now(UTC)).total_seconds()
-    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 @dataclass(frozen=True)
@@ -224,9 +49,6 @@ class RetryPolicy:
         return min(wait, self.max_delay)
 
 
-# -- operations -----------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class Request:
     method: str
@@ -245,6 +67,8 @@ class Sleep:
 
 
 Effect = Request | Sleep
+
+
 Operation = Generator[Effect, Any, T]
 
 
@@ -401,9 +225,6 @@ class Pager:
         self.cursor = answer.get("next_cursor")
         self.done = not self.cursor or self.left == 0 or not runs
         return runs
-
-
-# -- events ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from prometheus_client import (
 from service import __version__
 
 if TYPE_CHECKING:
-    from service.sdk.runner import StepRecord
+    from service.sdk.invocation import StepRecord
 
 # Latency buckets in seconds, from 100 µs (a trivial step) to minutes (training).
 _BUCKETS = (
@@ -47,6 +47,16 @@ class Metrics:
         self.registry: CollectorRegistry | None = None if self.multiprocess else CollectorRegistry()
         registry: Any = self.registry
         self.pipeline_name = pipeline_name
+        self._declare_http(registry)
+        self._declare_runs(registry)
+        self._declare_process(registry, pipeline_name, pipeline_version)
+        self._invocations = self.invocation_duration.labels(pipeline_name)
+        self._steps: dict[str, Any] = {}
+        self._runs: dict[str, Any] = {}
+        self._requests: dict[tuple[str, str, int], Any] = {}
+        self._durations: dict[str, Any] = {}
+
+    def _declare_http(self, registry: Any) -> None:
         self.requests = Counter(
             "pipeserve_http_requests_total",
             "HTTP requests by route, method and status.",
@@ -66,6 +76,14 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        self.queue_depth = Gauge(
+            "pipeserve_queue_depth",
+            "Invocations waiting for a concurrency slot.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+
+    def _declare_runs(self, registry: Any) -> None:
         self.invocation_duration = Histogram(
             "pipeserve_invocation_duration_seconds",
             "Pipeline invocation duration by pipeline.",
@@ -99,12 +117,8 @@ class Metrics:
             multiprocess_mode="min",
         )
         self.store_up.set(1)
-        self.queue_depth = Gauge(
-            "pipeserve_queue_depth",
-            "Invocations waiting for a concurrency slot.",
-            registry=registry,
-            multiprocess_mode="livesum",
-        )
+
+    def _declare_process(self, registry: Any, pipeline_name: str, pipeline_version: str) -> None:
         self.on_init_duration = Gauge(
             "pipeserve_on_init_duration_seconds",
             "How long on_init took in this process.",
@@ -119,11 +133,6 @@ class Metrics:
             multiprocess_mode="max",
         )
         self.build_info.labels(__version__, pipeline_name, pipeline_version).set(1)
-        self._invocations = self.invocation_duration.labels(pipeline_name)
-        self._steps: dict[str, Any] = {}
-        self._runs: dict[str, Any] = {}
-        self._requests: dict[tuple[str, str, int], Any] = {}
-        self._durations: dict[str, Any] = {}
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         # Children are cached: .labels() costs a lock and a dict build per call.

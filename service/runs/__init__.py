@@ -1,11 +1,15 @@
 """Runs: the run model, the durable run store, and everything that moves a run along.
 
-Owns the run store (runs and their events in SQLite or PostgreSQL, its tables and Alembic
-migrations), the write-behind recorder of `/invoke` runs, run records as the API's JSON,
-the run manager (dispatch, leases and recovery, the event stream, retention) and the
-webhook outbox.
+Owns the run model (`model`: a stored `Run`, how a run ends, its events; the statuses
+are `service.status`'s), the run store (`store`: runs and their events in SQLite or
+PostgreSQL over `database` and `tables`, a `store_*` module per family of queries,
+`event_log`, and Alembic's script directory `migrations/`), the
+write-behind recorder of `/invoke` runs, run records as the API's JSON, and the run
+manager: the facade the server holds (`manager`) over dispatch and execution, leases and
+recovery, the webhook outbox, the event stream and retention, a module each. `tasks`
+holds background tasks for the server too.
 
-May import: `service.sdk`, `service.observe`, `service.errors`, `service.settings`,
-`service.files`. Nothing from the server (HTTP is the server's business), the client, the
-CLI or the deployments.
+May import: `service.sdk`, `service.observe`, `service.errors`, `service.status`,
+`service.settings`, `service.files`. Nothing from the server (HTTP is the server's
+business), the client, the CLI or the deployments.
 """

@@ -21,10 +21,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from service.observe.metrics import Metrics
+from service.runs.model import FinishedRun, NewEvent, Run, Steps
 from service.runs.records import Deployment, invocation_row
-from service.runs.store import NewEvent, RunStore, StoreHealth, is_transient
+from service.runs.store import RunStore, StoreHealth, is_transient
+from service.sdk.requests import InvokeRequestData
 from service.sdk.runner import Invocation
-from service.server.schema import InvokeRequestData
 
 logger = logging.getLogger("pipeserve.runs")
 
@@ -35,19 +36,21 @@ MAX_BUFFERED = 10_000
 MAX_BACKOFF = 5.0
 
 # A finished `/invoke` run: its invocation, request, deadline and step records.
-Entry = tuple[Invocation, InvokeRequestData, "float | None", "dict[str, dict[str, Any]]"]
+Entry = tuple[Invocation, InvokeRequestData, "float | None", Steps]
 # Runs the blocking store call in the store's threads.
 Call = Callable[..., Awaitable[Any]]
 
 
 class Recorder:
+    """The write-behind buffer of one process, and its flush loop."""
+
     def __init__(
         self,
         store: RunStore,
         deployment: Deployment,
         max_output_bytes: int,
         call: Call,
-        progress: Callable[[], Mapping[str, dict[str, Any]]],
+        progress: Callable[[], Mapping[str, Steps]],
         metrics: Metrics,
         health: StoreHealth,
     ) -> None:
@@ -70,7 +73,7 @@ class Recorder:
         inv: Invocation,
         data: InvokeRequestData,
         deadline: float | None,
-        steps: dict[str, dict[str, Any]],
+        steps: Steps,
     ) -> None:
         """Keep a finished `/invoke` run for the next flush: the hot path's only cost."""
         if len(self._recorded) >= MAX_BUFFERED:
@@ -81,12 +84,12 @@ class Recorder:
     def add_event(self, event: NewEvent) -> None:
         self._events.append(event)
 
-    def pending_row(self, run_id: str) -> dict[str, Any] | None:
+    def pending_run(self, run_id: str) -> Run | None:
         """An `/invoke` run not written yet, as the store will have it."""
         entry = self._recorded.get(run_id) or self._writing.get(run_id)
-        return self._row(entry) if entry is not None else None
+        return Run.of(self._row(entry)) if entry is not None else None
 
-    def _row(self, entry: Entry) -> dict[str, Any]:
+    def _row(self, entry: Entry) -> FinishedRun:
         inv, data, deadline, steps = entry
         return invocation_row(
             inv, data, self.deployment, self.max_output_bytes, deadline, steps=steps
@@ -150,6 +153,24 @@ class Recorder:
             finally:
                 self._writing = {}
 
+    async def last_flush(self, give_up_at: float) -> None:
+        """Write what the buffer holds before the process exits; through a short outage
+        of the database too, but never past `give_up_at`."""
+        wait = 0.1
+        while True:
+            try:
+                await self.flush()
+                return
+            except Exception as exc:
+                if not is_transient(exc) or time.time() + wait > give_up_at:
+                    logger.error(
+                        "could not write the last run records at shutdown; they are lost",
+                        extra={"error": str(exc).splitlines()[0] if str(exc) else repr(exc)},
+                    )
+                    return
+                await asyncio.sleep(wait)
+                wait = min(1.0, wait * 2)
+
     def _prepare(self, recorded: Mapping[str, Entry]) -> dict[str, Any]:
         """Each record as the store writes it; a value JSON cannot carry is left out."""
         finished: dict[str, Any] = {}
@@ -173,7 +194,7 @@ class Recorder:
         self,
         finished: Mapping[str, Any],
         new_events: Sequence[NewEvent],
-        progress: Mapping[str, Mapping[str, Any]],
+        progress: Mapping[str, Steps],
         cause: Exception,
     ) -> None:
         """The database refused the batch: find the records it refuses, write the rest."""

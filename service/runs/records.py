@@ -1,11 +1,14 @@
-"""Run records: a finished invocation as a store row, and a store row as the API's JSON.
+"""Run records: a new batch run and a finished invocation as the store records them, and
+a stored run as the API's JSON.
 
-Rows hold epoch seconds and outputs as JSON text; the API shows ISO 8601 times and embeds
-the outputs as they were serialized, without parsing them again.
+The store holds epoch seconds and outputs as JSON text; the API shows ISO 8601 times and
+embeds the outputs as they were serialized, without parsing them again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -13,10 +16,10 @@ from typing import Any
 import orjson
 
 from service.errors import OutputNotSerializable
-from service.runs.store import NewEvent
-from service.sdk.runner import Invocation
+from service.runs.model import FinishedRun, NewEvent, Run, RunEnd, Steps
+from service.sdk.requests import InvokeRequestData
+from service.sdk.runner import Invocation, new_run_id
 from service.sdk.serialize import dumps_outputs
-from service.server.schema import InvokeRequestData
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +29,11 @@ class Deployment:
     name: str
     pipeline_name: str
     pipeline_version: str
+
+
+def request_hash(document: Any) -> str:
+    """What tells two requests apart under one idempotency key."""
+    return hashlib.sha256(orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def iso(ts: float | None) -> str | None:
@@ -53,7 +61,34 @@ def request_document(data: InvokeRequestData, **extra: Any) -> dict[str, Any]:
     return document
 
 
-def step_records(inv: Invocation) -> dict[str, dict[str, Any]]:
+def queued_run(
+    deployment: Deployment,
+    data: InvokeRequestData,
+    webhook_url: str | None,
+    idempotency_key: str | None,
+    client: dict[str, Any] | None,
+) -> Run:
+    """A new batch run, queued now, as the run store records it."""
+    now = time.time()
+    document = request_document(data, client=client)
+    return Run(
+        run_id=new_run_id(),
+        deployment_name=deployment.name,
+        pipeline_name=deployment.pipeline_name,
+        pipeline_version=deployment.pipeline_version,
+        kind="batch",
+        status="queued",
+        request=document,
+        parameters_used=data.parameters,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash({**document, "webhook_url": webhook_url}),
+        webhook_url=webhook_url,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def step_records(inv: Invocation) -> Steps:
     """Each step's status, start (a datetime: see `utc`) and duration."""
     return {
         name: {
@@ -105,9 +140,10 @@ def finished_values(
     inv: Invocation,
     max_output_bytes: int,
     deadline: float | None = None,
-    steps: dict[str, dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """The columns that record how a run ended (`steps`: its step records, if made already)."""
+    steps: Steps | None = None,
+) -> RunEnd:
+    """How an invocation ended, as the store records it (`steps`: its step records, if
+    made already)."""
     outputs, omitted, output_error = encode_outputs(inv, max_output_bytes)
     status = "failed" if output_error is not None else inv.status
     return {
@@ -126,67 +162,78 @@ def finished_values(
 
 def invocation_row(
     inv: Invocation, data: InvokeRequestData, deployment: Deployment, max_output_bytes: int,
-    deadline: float | None, steps: dict[str, dict[str, Any]] | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    """A finished `/invoke` run as a row of the run store."""
+    deadline: float | None, steps: Steps | None = None,
+) -> FinishedRun:  # fmt: skip
+    """A finished `/invoke` run as the run store records it."""
+    end = finished_values(inv, max_output_bytes, deadline, steps)
     return {
         "run_id": inv.run_id,
         "deployment_name": deployment.name,
         "pipeline_name": deployment.pipeline_name,
         "pipeline_version": deployment.pipeline_version,
         "kind": "invoke",
+        "status": end["status"],
         "request": request_document(data),
+        "parameters_used": end["parameters_used"],
+        "steps": end["steps"],
+        "outputs": end["outputs"],
+        "outputs_omitted": end["outputs_omitted"],
+        "error": end["error"],
         "created_at": inv.started_at,
-        **finished_values(inv, max_output_bytes, deadline, steps),
+        "started_at": end["started_at"],
+        "finished_at": end["finished_at"],
+        "updated_at": end["updated_at"],
+        "duration": end["duration"],
     }
 
 
-def render(row: dict[str, Any], *, with_outputs: bool = True) -> dict[str, Any]:
-    """A store row as the API's run record."""
+def render(run: Run, *, with_outputs: bool = True) -> dict[str, Any]:
+    """A stored run as the API's run record."""
     record: dict[str, Any] = {
-        "run_id": row["run_id"],
-        "kind": row["kind"],
-        "deployment_name": row["deployment_name"],
-        "pipeline_name": row["pipeline_name"],
-        "pipeline_version": row["pipeline_version"],
-        "status": row["status"],
-        "created_at": iso(row["created_at"]),
-        "started_at": iso(row.get("started_at")),
-        "updated_at": iso(row.get("updated_at") or row["created_at"]),
-        "finished_at": iso(row.get("finished_at")),
-        "duration": row.get("duration"),
-        "attempt": row.get("attempt") or (1 if row["kind"] == "invoke" else 0),
-        "parameters_used": row.get("parameters_used") or row["request"].get("parameters", {}),
-        "steps": row.get("steps") or {},
-        "error": row.get("error"),
-        "cancel_requested": bool(row.get("cancel_requested")),
+        "run_id": run.run_id,
+        "kind": run.kind,
+        "deployment_name": run.deployment_name,
+        "pipeline_name": run.pipeline_name,
+        "pipeline_version": run.pipeline_version,
+        "status": run.status,
+        "created_at": iso(run.created_at),
+        "started_at": iso(run.started_at),
+        "updated_at": iso(run.updated_at or run.created_at),
+        "finished_at": iso(run.finished_at),
+        "duration": run.duration,
+        # An `/invoke` run ran once, and is stored without counting claims.
+        "attempt": run.attempt or (1 if run.kind == "invoke" else 0),
+        "parameters_used": run.parameters_used or run.request.get("parameters", {}),
+        "steps": run.steps or {},
+        "error": run.error,
+        "cancel_requested": bool(run.cancel_requested),
         "webhook": None,
     }
     if with_outputs:
-        outputs = row.get("outputs")
+        outputs = run.outputs
         record["outputs"] = orjson.Fragment(outputs) if outputs is not None else None
-        record["outputs_omitted"] = bool(row.get("outputs_omitted"))
-    if row.get("webhook_url"):
+        record["outputs_omitted"] = bool(run.outputs_omitted)
+    if run.webhook_url:
         record["webhook"] = {
-            "url": row["webhook_url"],
-            "status": row.get("webhook_status"),
-            "attempts": row.get("webhook_attempts") or [],
+            "url": run.webhook_url,
+            "status": run.webhook_status,
+            "attempts": run.webhook_attempts or [],
         }
     return record
 
 
-def invocation_events(row: dict[str, Any]) -> list[NewEvent]:
+def invocation_events(run: Run) -> list[NewEvent]:
     """An `/invoke` run keeps no events (to stay cheap): tell its story from its record."""
 
     def epoch(value: str | datetime | None) -> float:
         # From the store an ISO string; from the write-behind buffer still a datetime.
         if value is None:
-            return float(row["created_at"])
+            return float(run.created_at)
         moment = datetime.fromisoformat(value) if isinstance(value, str) else value
         return moment.timestamp()
 
     found: list[tuple[str, dict[str, Any], float]] = []
-    steps = sorted((row.get("steps") or {}).items(), key=lambda kv: epoch(kv[1]["started_at"]))
+    steps = sorted((run.steps or {}).items(), key=lambda kv: epoch(kv[1]["started_at"]))
     for name, record in steps:
         if record["started_at"] is None:
             continue
@@ -196,15 +243,15 @@ def invocation_events(row: dict[str, Any]) -> list[NewEvent]:
         if record["status"] == "completed":
             found.append(("step_finished", {"step": name, "duration": record["duration"]}, ended))
         elif record["status"] == "failed":
-            error = row.get("error") or {}
+            error = run.error or {}
             found.append(("step_failed", {"step": name, "duration": record["duration"],
                                           "error": error}, ended))  # fmt: skip
-    end = row.get("finished_at") or row["created_at"]
-    final: dict[str, Any] = {"status": row["status"], "duration": row.get("duration")}
-    if row.get("error"):
-        final["error"] = row["error"]
-    found.append((row["status"], final, end))
+    end = run.finished_at or run.created_at
+    final: dict[str, Any] = {"status": run.status, "duration": run.duration}
+    if run.error:
+        final["error"] = run.error
+    found.append((run.status, final, end))
     return [
-        NewEvent(row["run_id"], i, kind, {"run_id": row["run_id"], **data, "at": at}, at)
+        NewEvent(run.run_id, i, kind, {"run_id": run.run_id, **data, "at": at}, at)
         for i, (kind, data, at) in enumerate(found, start=1)
     ]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import importlib
 
-from service.errors import PipelineDefinitionError
+from service.errors import PipelineDefinitionError, PipeserveError
 from service.sdk.pipeline import Pipeline
 
 
-class PipelineLoadError(Exception):
+class PipelineLoadError(PipeserveError):
     """The spec names no loadable pipeline; the message is one line for the user."""
 
 

@@ -6,30 +6,18 @@ import hashlib
 import inspect
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Union
 
-import pydantic
-
 from service.errors import PipelineDefinitionError
-from service.sdk.step import EMPTY, Step, active_tracer
-
-
-@dataclass(frozen=True, slots=True)
-class OutputHandle:
-    """What a step call returns while tracing: a reference to one of its outputs."""
-
-    step_index: int
-    output_index: int
-    step_name: str
-    output_name: str
-
-
-@dataclass(frozen=True, slots=True)
-class PipelineParameter:
-    """Stands in for a pipeline parameter while tracing."""
-
-    name: str
+from service.sdk.step import Parameter, Step, active_tracer
+from service.sdk.tracing import (
+    OutputHandle,
+    PipelineParameter,
+    Tracer,
+    check_json_type,
+    toposort,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +47,7 @@ class StepNode:
 
     index: int
     name: str
-    step: Step[Any, Any]
+    step: Step[Any]
     arguments: Mapping[str, ArgSource]
     upstream: tuple[int, ...]
 
@@ -71,145 +59,6 @@ class StepNode:
             for name, source in self.arguments.items()
             if not isinstance(source, FromStep)
         }
-
-
-@dataclass(frozen=True, slots=True)
-class PipelineParameterSpec:
-    name: str
-    annotation: Any
-    default: Any = EMPTY
-
-    @property
-    def required(self) -> bool:
-        return self.default is EMPTY
-
-
-@dataclass(slots=True)
-class _PendingCall:
-    step: Step[Any, Any]
-    name: str
-    arguments: dict[str, Any]
-    after: list[str | OutputHandle]
-
-
-@dataclass
-class Tracer:
-    """Records the step calls of one pipeline function call."""
-
-    pipeline_name: str
-    calls: list[_PendingCall] = field(default_factory=list)
-    names: dict[str, int] = field(default_factory=dict)
-    step_objects: dict[str, Step[Any, Any]] = field(default_factory=dict)
-
-    def add_call(
-        self, step: Step[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> OutputHandle | tuple[OutputHandle, ...]:
-        call_id = kwargs.pop("id", None) if "id" not in step.inputs else None
-        after = kwargs.pop("after", None) if "after" not in step.inputs else None
-        name = self._name_for(step, call_id)
-        try:
-            bound = step.signature.bind_partial(*args, **kwargs)
-        except TypeError as exc:
-            raise PipelineDefinitionError(f"step '{name}': {exc}") from exc
-        if step.context_parameter in bound.arguments:
-            raise PipelineDefinitionError(
-                f"step '{name}': '{step.context_parameter}' is the StepContext; "
-                "pipeserve passes it, the pipeline must not"
-            )
-        for arg_name, value in bound.arguments.items():
-            if not isinstance(value, (OutputHandle, PipelineParameter)) and _holds_handle(value):
-                raise PipelineDefinitionError(
-                    f"step '{name}': argument '{arg_name}' nests a step output inside a "
-                    "container; pass each step output as its own argument"
-                )
-        missing = [
-            p.name
-            for p in step.inputs.values()
-            if not p.has_default and p.name not in bound.arguments
-        ]
-        if missing:
-            raise PipelineDefinitionError(
-                f"step '{name}': no value for the parameter(s) {missing}: pass a step "
-                "output, a pipeline parameter or a literal"
-            )
-        after_list: list[str | OutputHandle] = []
-        if after is not None:
-            after_list = list(after) if isinstance(after, (list, tuple)) else [after]
-        index = len(self.calls)
-        self.calls.append(_PendingCall(step, name, dict(bound.arguments), after_list))
-        self.names[name] = index
-        handles = tuple(
-            OutputHandle(index, i, name, output) for i, output in enumerate(step.output_names)
-        )
-        return handles[0] if len(handles) == 1 else handles
-
-    def _name_for(self, step: Step[Any, Any], call_id: Any) -> str:
-        owner = self.step_objects.get(step.name)
-        if owner is not None and owner is not step:
-            raise PipelineDefinitionError(
-                f"pipeline '{self.pipeline_name}': two different steps are named "
-                f"'{step.name}'; give one another name with @step(name=...)"
-            )
-        self.step_objects[step.name] = step
-        if call_id is not None:
-            if not isinstance(call_id, str) or not call_id:
-                raise PipelineDefinitionError(f"step '{step.name}': id must be a non-empty string")
-            if call_id in self.names:
-                raise PipelineDefinitionError(
-                    f"pipeline '{self.pipeline_name}': the step name '{call_id}' is used twice"
-                )
-            return call_id
-        if step.name not in self.names:
-            return step.name
-        # The same step called again gets a numbered name, as in ZenML.
-        n = 2
-        while f"{step.name}_{n}" in self.names:
-            n += 1
-        return f"{step.name}_{n}"
-
-
-def _holds_handle(value: Any) -> bool:
-    if isinstance(value, (OutputHandle, PipelineParameter)):
-        return True
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return any(_holds_handle(v) for v in value)
-    if isinstance(value, dict):
-        return any(_holds_handle(v) for v in value.values())
-    return False
-
-
-def _check_json_type(annotation: Any, what: str) -> None:
-    try:
-        pydantic.TypeAdapter(annotation).json_schema()
-    except Exception as exc:
-        shown = getattr(annotation, "__name__", None) or repr(annotation)
-        raise PipelineDefinitionError(
-            f"{what} has the type {shown}, which JSON cannot carry; use a JSON type "
-            "(str, int, float, bool, list, dict, a pydantic model) or pass it from a step"
-        ) from exc
-
-
-def _toposort(names: list[str], upstream: list[set[int]], pipeline_name: str) -> list[int]:
-    remaining = [len(u) for u in upstream]
-    downstream: list[list[int]] = [[] for _ in names]
-    for i, ups in enumerate(upstream):
-        for u in sorted(ups):
-            downstream[u].append(i)
-    ready = [i for i, n in enumerate(remaining) if n == 0]
-    order: list[int] = []
-    while ready:
-        i = ready.pop(0)
-        order.append(i)
-        for d in downstream[i]:
-            remaining[d] -= 1
-            if remaining[d] == 0:
-                ready.append(d)
-    if len(order) != len(names):
-        stuck = sorted(names[i] for i, n in enumerate(remaining) if n > 0)
-        raise PipelineDefinitionError(
-            f"pipeline '{pipeline_name}' has a cycle among the steps {stuck}"
-        )
-    return order
 
 
 class Pipeline:
@@ -236,22 +85,22 @@ class Pipeline:
         self.version = version or self._code_version()
         self.description = inspect.getdoc(func) or ""
 
-    def _read_parameters(self) -> dict[str, PipelineParameterSpec]:
+    def _read_parameters(self) -> dict[str, Parameter]:
         try:
             hints = typing.get_type_hints(self.func, include_extras=True)
         except Exception as exc:
             raise PipelineDefinitionError(
                 f"pipeline '{self.name}': cannot resolve its type hints: {exc}"
             ) from exc
-        params: dict[str, PipelineParameterSpec] = {}
+        params: dict[str, Parameter] = {}
         for p in inspect.signature(self.func).parameters.values():
             if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
                 raise PipelineDefinitionError(
                     f"pipeline '{self.name}': *args and **kwargs are not supported"
                 )
             annotation = hints.get(p.name, Any)
-            _check_json_type(annotation, f"pipeline '{self.name}' parameter '{p.name}'")
-            params[p.name] = PipelineParameterSpec(p.name, annotation, p.default)
+            check_json_type(annotation, f"pipeline '{self.name}' parameter '{p.name}'")
+            params[p.name] = Parameter(p.name, annotation, p.default)
         return params
 
     def _trace(self) -> tuple[tuple[StepNode, ...], dict[str, FromStep]]:
@@ -272,22 +121,8 @@ class Pipeline:
         if not tracer.calls:
             raise PipelineDefinitionError(f"pipeline '{self.name}' calls no step")
 
-        names = [call.name for call in tracer.calls]
-        upstream: list[set[int]] = []
-        for call in tracer.calls:
-            ups = {v.step_index for v in call.arguments.values() if isinstance(v, OutputHandle)}
-            for dep in call.after:
-                if isinstance(dep, OutputHandle):
-                    ups.add(dep.step_index)
-                elif isinstance(dep, str) and dep in tracer.names:
-                    ups.add(tracer.names[dep])
-                else:
-                    raise PipelineDefinitionError(
-                        f"step '{call.name}': after={dep!r} names no step of pipeline "
-                        f"'{self.name}' (its steps: {names})"
-                    )
-            upstream.append(ups)
-        order = _toposort(names, upstream, self.name)
+        upstream = tracer.upstream()
+        order = toposort([call.name for call in tracer.calls], upstream, self.name)
         position = {old: new for new, old in enumerate(order)}
 
         nodes: list[StepNode] = []
@@ -303,9 +138,7 @@ class Pipeline:
                     source = FromParameter(value.name)
                 else:
                     source = Constant(value)
-                    _check_json_type(
-                        spec.annotation, f"step '{call.name}' parameter '{input_name}'"
-                    )
+                    check_json_type(spec.annotation, f"step '{call.name}' parameter '{input_name}'")
                 arguments[input_name] = source
             nodes.append(
                 StepNode(

@@ -11,134 +11,39 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
-import traceback
-from collections.abc import Callable, Coroutine
-from concurrent.futures import Executor, Future
-from dataclasses import dataclass, field
+from concurrent.futures import Executor
 from typing import Any
 
+from service.sdk.invocation import (
+    Invocation,
+    Plan,
+    StepError,
+    StepEvent,
+    StepListener,
+    StepRecord,
+    make_plan,
+    new_run_id,
+)
 from service.sdk.pipeline import Constant, FromParameter, FromStep, Pipeline
+from service.sdk.requests import InvokeRequestData
 from service.sdk.step import StepContext
-from service.server.schema import InvokeRequestData
+
+__all__ = [
+    "Invocation",
+    "Runner",
+    "StepError",
+    "StepEvent",
+    "StepListener",
+    "StepRecord",
+    "new_run_id",
+    "run_pipeline",
+]
 
 logger = logging.getLogger("pipeserve.runner")
 
 _FROM_STEP, _FROM_PARAMETER, _CONSTANT = 0, 1, 2
-
-
-@dataclass(slots=True)
-class StepRecord:
-    status: str = "pending"
-    started_at: float | None = None
-    duration: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StepError:
-    step: str
-    type: str
-    message: str
-    traceback: str
-
-
-@dataclass(frozen=True, slots=True)
-class StepEvent:
-    """A step's progress, for run recording and live streams; may come from a worker thread."""
-
-    run_id: str
-    kind: str  # step_started | step_finished | step_failed
-    step: str
-    at: float
-    duration: float | None = None
-    error: StepError | None = None
-
-
-StepListener = Callable[[StepEvent], None]
-
-
-def new_run_id() -> str:
-    """A random (version 4) UUID as text, made without a UUID object: a third of the cost."""
-    h = os.urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """The steps one request runs (all, or those an `until` step needs), precomputed."""
-
-    members: tuple[int, ...]
-    roots: tuple[int, ...]
-    remaining: tuple[int, ...]
-    downstream: tuple[tuple[int, ...], ...]
-    outputs: tuple[tuple[str, int, int], ...]
-
-
-@dataclass(eq=False)
-class Invocation:
-    """The state of one run: private to it, so runs never see each other's values."""
-
-    run_id: str
-    parameters: dict[str, Any]
-    step_parameters: dict[str, dict[str, Any]]
-    plan: Plan
-    listener: StepListener | None = None
-    records: dict[str, StepRecord] = field(default_factory=dict)
-    values: list[tuple[Any, ...] | None] = field(default_factory=list)
-    error: StepError | None = None
-    status: str = "queued"
-    outputs: dict[str, Any] | None = None
-    started_at: float = 0.0
-    finished_at: float = 0.0
-    execution_time: float = 0.0
-    thread_futures: list[Future[Any]] = field(default_factory=list)
-    # Read by the runner between steps, from any thread: a plain flag suffices for that.
-    cancel_requested: bool = False
-    # What `StepContext.cancelled()` reads; made only for a pipeline with a step that takes
-    # a StepContext (a threading.Event costs more to make than a one-step run).
-    cancel_event: threading.Event | None = None
-
-    def cancel(self) -> None:
-        """Cooperative: no further step starts; the caller cancels the awaiting task."""
-        self.cancel_requested = True
-        if self.cancel_event is not None:
-            self.cancel_event.set()
-
-    async def wait_threads(self) -> None:
-        """Return once no worker thread runs a step of this invocation any more."""
-        for cf in self.thread_futures:
-            if not cf.done():
-                try:
-                    await asyncio.wrap_future(cf)
-                except BaseException:  # only its end matters here
-                    pass
-
-    def threads_running(self) -> bool:
-        return any(not cf.done() for cf in self.thread_futures)
-
-    def release_when_threads_end(
-        self,
-        slots: asyncio.Semaphore,
-        spawn: Callable[[Coroutine[Any, Any, None]], object],
-    ) -> None:
-        """Free the concurrency slot this run held once no thread runs a step of it.
-
-        Even after a deadline or a cancel: a sync step cannot be stopped, and releasing
-        its slot early would let the real concurrency grow without bound.
-        """
-        if not self.threads_running():
-            slots.release()
-            return
-
-        async def release_later() -> None:
-            try:
-                await self.wait_threads()
-            finally:
-                slots.release()
-
-        spawn(release_later())
 
 
 class Runner:
@@ -155,7 +60,7 @@ class Runner:
             for node in pipeline.steps
         ]
         # Plans for `until` are made on first use: a cache, not shared mutable state.
-        self._plans: dict[str | None, Plan] = {None: self._make_plan(None)}
+        self._plans: dict[str | None, Plan] = {None: make_plan(pipeline, None)}
 
     @staticmethod
     def _arg_plan(name: str, source: Any) -> tuple[str, int, Any, int]:
@@ -166,41 +71,6 @@ class Runner:
         assert isinstance(source, Constant)
         return (name, _CONSTANT, source.value, 0)
 
-    def _make_plan(self, until: str | None) -> Plan:
-        nodes = self._nodes
-        if until is None:
-            members = set(range(len(nodes)))
-            outputs = tuple(
-                (name, src.step_index, src.output_index)
-                for name, src in self.pipeline.outputs.items()
-            )
-        else:
-            target = self.pipeline.steps_by_name[until].index
-            members = {target}
-            stack = [target]
-            while stack:
-                for u in nodes[stack.pop()].upstream:
-                    if u not in members:
-                        members.add(u)
-                        stack.append(u)
-            outputs = tuple(
-                (name, target, i) for i, name in enumerate(nodes[target].step.output_names)
-            )
-        downstream: list[list[int]] = [[] for _ in nodes]
-        remaining = [0] * len(nodes)
-        for i in members:
-            for u in nodes[i].upstream:
-                downstream[u].append(i)
-                remaining[i] += 1
-        ordered = tuple(sorted(members))
-        return Plan(
-            members=ordered,
-            roots=tuple(i for i in ordered if remaining[i] == 0),
-            remaining=tuple(remaining),
-            downstream=tuple(tuple(sorted(d)) for d in downstream),
-            outputs=outputs,
-        )
-
     def invocation(
         self,
         request: InvokeRequestData,
@@ -209,7 +79,7 @@ class Runner:
     ) -> Invocation:
         plan = self._plans.get(request.until)
         if plan is None:
-            plan = self._plans[request.until] = self._make_plan(request.until)
+            plan = self._plans[request.until] = make_plan(self.pipeline, request.until)
         return Invocation(
             run_id=run_id or new_run_id(),
             parameters=request.parameters,
@@ -348,17 +218,6 @@ class Runner:
             )
         return kwargs
 
-    def _started(self, inv: Invocation, i: int) -> StepRecord:
-        name = self._nodes[i].name
-        record = inv.records[name]
-        record.status = "running"
-        record.started_at = time.time()
-        if inv.listener is not None:
-            inv.listener(StepEvent(inv.run_id, "step_started", name, record.started_at))
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("step started", extra={"run_id": inv.run_id, "step": name})
-        return record
-
     def _finished(
         self, inv: Invocation, i: int, record: StepRecord, t0: float, result: Any
     ) -> bool:
@@ -371,9 +230,8 @@ class Runner:
             inv.values[i] = result
         else:
             got = len(result) if isinstance(result, tuple) else 1
-            return self._failed(
-                inv,
-                i,
+            return inv.step_failed(
+                node.name,
                 record,
                 t0,
                 TypeError(
@@ -393,46 +251,19 @@ class Runner:
             )
         return True
 
-    def _failed(
-        self, inv: Invocation, i: int, record: StepRecord, t0: float, exc: BaseException
-    ) -> bool:
-        name = self._nodes[i].name
-        record.duration = time.perf_counter() - t0
-        record.status = "failed"
-        error = StepError(
-            step=name,
-            type=type(exc).__name__,
-            message=str(exc),
-            traceback="".join(traceback.format_exception(exc)),
-        )
-        if inv.error is None:
-            inv.error = error
-        logger.error(
-            "step failed: %s: %s",
-            error.type,
-            error.message,
-            exc_info=exc,
-            extra={"run_id": inv.run_id, "step": name},
-        )
-        if inv.listener is not None:
-            inv.listener(
-                StepEvent(inv.run_id, "step_failed", name, time.time(), record.duration, error)
-            )
-        return False
-
     def _run_sync(self, inv: Invocation, i: int) -> bool:
         if inv.cancel_requested:
             return False
-        record = self._started(inv, i)
+        record = inv.step_started(self._nodes[i].name)
         t0 = time.perf_counter()
         try:
             result = self._nodes[i].step.func(**self._kwargs(inv, i))
         except Exception as exc:
-            return self._failed(inv, i, record, t0, exc)
+            return inv.step_failed(self._nodes[i].name, record, t0, exc)
         return self._finished(inv, i, record, t0, result)
 
     async def _run_async(self, inv: Invocation, i: int) -> bool:
-        record = self._started(inv, i)
+        record = inv.step_started(self._nodes[i].name)
         t0 = time.perf_counter()
         try:
             result = await self._nodes[i].step.func(**self._kwargs(inv, i))
@@ -441,7 +272,7 @@ class Runner:
             record.duration = time.perf_counter() - t0
             raise
         except Exception as exc:
-            return self._failed(inv, i, record, t0, exc)
+            return inv.step_failed(self._nodes[i].name, record, t0, exc)
         return self._finished(inv, i, record, t0, result)
 
 

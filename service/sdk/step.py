@@ -5,18 +5,25 @@ from __future__ import annotations
 import inspect
 import threading
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from service.errors import PipelineDefinitionError
 
 if TYPE_CHECKING:
-    from service.sdk.pipeline import Tracer
+    from service.sdk.tracing import Tracer
 
+F = TypeVar("F", bound=Callable[..., Any])
+# What a `Step.__call__` overload reads off the step's function: the parameters a pipeline
+# passes (P), the output (T), and the inputs before a StepContext parameter (A1, A2).
 P = ParamSpec("P")
-R = TypeVar("R")
+T = TypeVar("T")
+A1 = TypeVar("A1")
+A2 = TypeVar("A2")
+# A coroutine function's return: the runner awaits it, so a pipeline sees the `T` inside.
+Async = Coroutine[Any, Any, T]
 
 # Set only while a pipeline function is being traced, so that a step called outside
 # of tracing (in a unit test, say) simply runs its function.
@@ -47,14 +54,16 @@ class StepContext:
 
 
 @dataclass(frozen=True, slots=True)
-class StepInput:
+class Parameter:
+    """A parameter of a step or a pipeline: its name, its type, its default (if any)."""
+
     name: str
     annotation: Any
     default: Any = EMPTY
 
     @property
-    def has_default(self) -> bool:
-        return self.default is not EMPTY
+    def required(self) -> bool:
+        return self.default is EMPTY
 
 
 def _output_names(step_name: str, return_annotation: Any) -> tuple[str, ...]:
@@ -84,10 +93,16 @@ def _output_names(step_name: str, return_annotation: Any) -> tuple[str, ...]:
     return (step_name,)
 
 
-class Step(Generic[P, R]):
-    """A pipeline step; made by the `@step` decorator."""
+class Step(Generic[F]):
+    """A pipeline step; made by the `@step` decorator.
 
-    def __init__(self, func: Callable[P, R], name: str | None = None) -> None:
+    `F` is the type of the function, kept whole: the overloads of `__call__` read from it
+    what a pipeline passes and gets back. (They match `self` against it; matching against
+    a ParamSpec type argument instead is lax in mypy, which would drop parameters from
+    steps that have no StepContext.)
+    """
+
+    def __init__(self, func: F, name: str | None = None) -> None:
         self.func = func
         self.name = name or func.__name__
         self.is_async = inspect.iscoroutinefunction(func)
@@ -98,7 +113,7 @@ class Step(Generic[P, R]):
                 f"step '{self.name}': cannot resolve its type hints: {exc}"
             ) from exc
         self.signature = inspect.signature(func)
-        self.inputs: dict[str, StepInput] = {}
+        self.inputs: dict[str, Parameter] = {}
         self.context_parameter: str | None = None
         for param in self.signature.parameters.values():
             if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -110,38 +125,129 @@ class Step(Generic[P, R]):
             if annotation is StepContext:
                 self.context_parameter = param.name
                 continue
-            self.inputs[param.name] = StepInput(param.name, annotation, param.default)
+            self.inputs[param.name] = Parameter(param.name, annotation, param.default)
         self.output_names = _output_names(self.name, hints.get("return", Any))
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+    # Inside a pipeline function a call returns a handle on the step's output(s), which the
+    # pipeline can only pass on to other steps or return. It is typed as the output it
+    # stands for (awaited, for an `async def`), as a pipeline's parameters are typed as the
+    # values they stand for: so passing it where that value is expected checks, and
+    # unpacking a tuple of `Annotated` outputs gives one handle per output.
+    #
+    # A StepContext parameter is the runner's to pass: first, second or third, it is left
+    # out of what a pipeline passes. The inputs before it can then only be passed by
+    # position (a ParamSpec cannot keep their names), those after it by keyword (the type
+    # checker cannot tell: the tracer can, at load time). A first parameter typed `Any` or
+    # `object` matches a StepContext too: such a step may also be called without it.
+    #
+    # (The inputs before it are spelled `__a1`, positional-only in the pre-PEP 570 way: with
+    # `/`, mypy finds the implementation below unable to take those overloads.)
+    #
+    # Outside a pipeline the call runs the function: what a sync step returns is typed
+    # right; an async step returns its coroutine, so await `step.func(...)` instead there.
+    @overload
+    def __call__(
+        self: Step[Callable[Concatenate[StepContext, P], Async[T]]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T: ...
+
+    @overload
+    def __call__(
+        self: Step[Callable[Concatenate[StepContext, P], T]], *args: P.args, **kwargs: P.kwargs
+    ) -> T: ...
+
+    @overload
+    def __call__(
+        self: Step[Callable[Concatenate[A1, StepContext, P], Async[T]]],
+        __a1: A1,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T: ...
+
+    @overload
+    def __call__(
+        self: Step[Callable[Concatenate[A1, StepContext, P], T]],
+        __a1: A1,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T: ...
+
+    @overload
+    def __call__(
+        self: Step[Callable[Concatenate[A1, A2, StepContext, P], Async[T]]],
+        __a1: A1,
+        __a2: A2,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T: ...
+
+    @overload
+    def __call__(
+        self: Step[Callable[Concatenate[A1, A2, StepContext, P], T]],
+        __a1: A1,
+        __a2: A2,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T: ...
+
+    @overload
+    def __call__(self: Step[Callable[P, Async[T]]], *args: P.args, **kwargs: P.kwargs) -> T: ...
+
+    @overload
+    def __call__(self: Step[Callable[P, T]], *args: P.args, **kwargs: P.kwargs) -> T: ...
+
+    # `id=` and `after=` are the tracer's, not the function's, and a ParamSpec cannot gain
+    # keyword parameters: a call that passes one is checked for them and its result only.
+    # `after` is a step's name, a step's output (typed as that output: any type), or a list
+    # or tuple of those.
+    @overload
+    def __call__(
+        self: Step[Callable[..., Async[T]]], *args: Any, id: str, after: object = ..., **kwargs: Any
+    ) -> T: ...
+
+    @overload
+    def __call__(
+        self: Step[Callable[..., T]], *args: Any, id: str, after: object = ..., **kwargs: Any
+    ) -> T: ...
+
+    @overload
+    def __call__(
+        self: Step[Callable[..., Async[T]]], *args: Any, after: object, **kwargs: Any
+    ) -> T: ...
+
+    @overload
+    def __call__(self: Step[Callable[..., T]], *args: Any, after: object, **kwargs: Any) -> T: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         tracer = active_tracer.get()
         if tracer is None:
             return self.func(*args, **kwargs)
-        return tracer.add_call(self, args, dict(kwargs))  # type: ignore[return-value]
+        return tracer.add_call(self, args, dict(kwargs))
 
     def __repr__(self) -> str:
         return f"<Step {self.name}>"
 
 
 @overload
-def step(func: Callable[P, R], /) -> Step[P, R]: ...
+def step(func: F, /) -> Step[F]: ...
 
 
 @overload
-def step(*, name: str | None = None) -> Callable[[Callable[P, R]], Step[P, R]]: ...
+def step(*, name: str | None = None) -> Callable[[F], Step[F]]: ...
 
 
-def step(
-    func: Callable[P, R] | None = None, /, *, name: str | None = None
-) -> Step[P, R] | Callable[[Callable[P, R]], Step[P, R]]:
+def step(func: F | None = None, /, *, name: str | None = None) -> Step[F] | Callable[[F], Step[F]]:
     """Make a function (`def` or `async def`) a pipeline step.
 
     Parameters with defaults can be overridden per request; the return value is the
     step's output, named with `Annotated[T, "name"]`, or several outputs with a tuple
-    of those.
+    of those. A parameter typed `StepContext` is pipeserve's to pass, not the pipeline's:
+    put it first, second or third (for the type checker), and pass the parameters after
+    it by keyword.
     """
 
-    def wrap(f: Callable[P, R]) -> Step[P, R]:
+    def wrap(f: F) -> Step[F]:
         return Step(f, name=name)
 
     if func is not None:

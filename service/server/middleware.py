@@ -15,7 +15,13 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.auth import KeyRing
-from service.errors import PayloadTooLarge, RequestTimeout, ServiceError, Unauthorized
+from service.errors import (
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceError,
+    Unauthorized,
+    error_body,
+)
 from service.observe.logs import log_access
 from service.observe.metrics import Metrics
 from service.sdk.serialize import dumps
@@ -31,18 +37,18 @@ PUBLIC_PREFIX = "/ui/"
 logger = logging.getLogger("pipeserve.app")
 
 
-def _error_response(exc: ServiceError, request_id: str) -> tuple[Message, Message]:
-    body = dumps({"success": False, "error": exc.body()})
+async def _send_error(send: Send, exc: ServiceError, request_id: str) -> int:
+    """Answer `exc` as JSON, with the request id; returns its status."""
+    body = dumps(error_body(exc.body()))
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
         (b"x-request-id", request_id.encode()),
         *((k.lower().encode(), v.encode()) for k, v in exc.headers.items()),
     ]
-    return (
-        {"type": "http.response.start", "status": exc.status_code, "headers": headers},
-        {"type": "http.response.body", "body": body},
-    )
+    await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+    return exc.status_code
 
 
 def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -95,39 +101,9 @@ class EdgeMiddleware:
         raw_id = _header(headers, b"x-request-id")
         request_id = raw_id.decode("latin-1")[:128] if raw_id else os.urandom(8).hex()
         scope.setdefault("state", {})["request_id"] = request_id
-
-        error: ServiceError | None = None
-        self.keys.refresh()
-        if self.keys.enabled and path not in self.open_paths and not path.startswith(PUBLIC_PREFIX):
-            key = presented_key(headers)
-            if key is None or not self.keys.accepts(key):
-                error = Unauthorized(
-                    # With no valid key at all (the last one revoked, or the keys file
-                    # unreadable), say so: no key the client could send would get in.
-                    self.keys.refusal
-                    or (
-                        "a valid auth key is required: send 'Authorization: Bearer <key>' "
-                        "or 'X-API-Key: <key>'"
-                        if key is None
-                        else "the auth key is not valid"
-                    )
-                )
-                error.headers["WWW-Authenticate"] = 'Bearer realm="pipeserve"'
+        error = self._refuse_key(path, headers)
         if error is None and path not in PROBES:
-            length = _header(headers, b"content-length")
-            if length is not None and length.isdigit():
-                size = int(length)
-                if size > self.max_body_bytes:
-                    error = PayloadTooLarge(
-                        f"the body is larger than the limit of {self.max_body_bytes} bytes"
-                    )
-                elif size:
-                    receive = self._timed(receive)
-                # Else the server reads no more than Content-Length: nothing left to count.
-            else:
-                receive = self._limited(receive)
-                if _header(headers, b"transfer-encoding") is not None:
-                    receive = self._timed(receive)
+            error, receive = self._guard_body(headers, receive)
 
         quiet = path in QUIET
         status = 500
@@ -151,10 +127,7 @@ class EdgeMiddleware:
 
         try:
             if error is not None:
-                start_message, body_message = _error_response(error, request_id)
-                status = error.status_code
-                await send(start_message)
-                await send(body_message)
+                status = await _send_error(send, error, request_id)
             else:
                 await self.app(scope, receive, send_with_id)
         except ClientDisconnect:
@@ -169,26 +142,68 @@ class EdgeMiddleware:
             if answer is not exc:
                 logger.error("unexpected error", exc_info=exc, extra={"request_id": request_id})
             # Answered here, inside the request id and the keep-alive connection.
-            start_message, body_message = _error_response(answer, request_id)
-            status = answer.status_code
-            await send(start_message)
-            await send(body_message)
+            status = await _send_error(send, answer, request_id)
         finally:
             if not quiet:
-                duration = time.perf_counter() - start
-                self.metrics.in_flight.dec()
-                route = scope.get("route")
-                template = getattr(route, "path", None) or "unmatched"
-                self.metrics.observe_request(template, scope["method"], status, duration)
-                if self.access_log:
-                    log_access(
-                        scope["method"],
-                        path,
-                        status,
-                        duration,
-                        scope["state"].get("run_id"),
-                        request_id,
-                    )
+                self._observe(scope, status, time.perf_counter() - start)
+
+    def _refuse_key(self, path: str, headers: list[tuple[bytes, bytes]]) -> ServiceError | None:
+        """The 401 for a request that needs a key and has none that is valid."""
+        self.keys.refresh()
+        if not self.keys.enabled or path in self.open_paths or path.startswith(PUBLIC_PREFIX):
+            return None
+        key = presented_key(headers)
+        if key is not None and self.keys.accepts(key):
+            return None
+        error = Unauthorized(
+            # With no valid key at all (the last one revoked, or the keys file
+            # unreadable), say so: no key the client could send would get in.
+            self.keys.refusal
+            or (
+                "a valid auth key is required: send 'Authorization: Bearer <key>' "
+                "or 'X-API-Key: <key>'"
+                if key is None
+                else "the auth key is not valid"
+            )
+        )
+        error.headers["WWW-Authenticate"] = 'Bearer realm="pipeserve"'
+        return error
+
+    def _guard_body(
+        self, headers: list[tuple[bytes, bytes]], receive: Receive
+    ) -> tuple[ServiceError | None, Receive]:
+        """The 413 for a body declared too large; else `receive`, held to the size limit
+        (a chunked body, as it arrives) and to the body timeout."""
+        length = _header(headers, b"content-length")
+        if length is not None and length.isdigit():
+            size = int(length)
+            if size > self.max_body_bytes:
+                limit = self.max_body_bytes
+                return PayloadTooLarge(
+                    f"the body is larger than the limit of {limit} bytes"
+                ), receive
+            # With no body, the server reads no more than Content-Length: nothing to time.
+            return None, self._timed(receive) if size else receive
+        receive = self._limited(receive)
+        if _header(headers, b"transfer-encoding") is not None:
+            receive = self._timed(receive)
+        return None, receive
+
+    def _observe(self, scope: Scope, status: int, duration: float) -> None:
+        self.metrics.in_flight.dec()
+        route = scope.get("route")
+        template = getattr(route, "path", None) or "unmatched"
+        self.metrics.observe_request(template, scope["method"], status, duration)
+        if self.access_log:
+            state = scope["state"]
+            log_access(
+                scope["method"],
+                scope["path"],
+                status,
+                duration,
+                state.get("run_id"),
+                state["request_id"],
+            )
 
     def _timed(self, receive: Receive) -> Receive:
         """Answer 408 when the next chunk of the body takes more than `body_timeout` seconds."""
@@ -227,33 +242,3 @@ class EdgeMiddleware:
             return message
 
         return limited
-
-
-def json_depth_exceeds(body: bytes, limit: int) -> bool:
-    """True if the JSON text nests deeper than `limit`.
-
-    Counting brackets in C first makes the common case free; only a body with more
-    brackets than the limit is scanned (outside strings) character by character.
-    """
-    if body.count(b"[") + body.count(b"{") <= limit:
-        return False
-    depth = 0
-    in_string = False
-    escaped = False
-    for byte in body:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:  # quote
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):
-            depth += 1
-            if depth > limit:
-                return True
-        elif byte in (0x5D, 0x7D):
-            depth -= 1
-    return False

@@ -10,17 +10,15 @@ from typing import Any
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from service.errors import BadRequest, NotFound, ServiceError, ValidationFailed
 from service.runs.manager import RunManager
 from service.runs.records import render
-from service.runs.store import ACTIVE, TERMINAL
+from service.sdk.requests import InvokeRequestData, RequestModels
 from service.sdk.serialize import dumps
-from service.server.responses import JSONBody
-from service.server.schema import InvokeRequestData, RequestModels
+from service.server.responses import JSONBody, error_response
+from service.status import ACTIVE, RUN_STATUSES, RunStatus
 
-STATUSES = (*ACTIVE, *TERMINAL)
 MAX_PAGE = 500
 # The longest Idempotency-Key accepted (the store's column).
 MAX_KEY_LENGTH = 255
@@ -33,13 +31,9 @@ _RUN_ID = re.compile(RUN_ID_PATTERN)
 MAX_EVENT_ID = 2**31 - 1
 _INTEGER = re.compile("-?[0-9]+")
 # Prophecy's run statuses: RUNNING until the end, then SUCCEEDED or ERROR.
-_PROPHECY_STATUS = {
-    "queued": "RUNNING",
-    "running": "RUNNING",
-    "succeeded": "SUCCEEDED",
-    "failed": "ERROR",
-    "cancelled": "ERROR",
-    "timed_out": "ERROR",
+_PROPHECY_STATUS: dict[RunStatus, str] = {
+    s: "RUNNING" if s in ACTIVE else "SUCCEEDED" if s == "succeeded" else "ERROR"
+    for s in RUN_STATUSES
 }
 
 
@@ -51,22 +45,6 @@ class RunsAPI:
         self.models = models
         # Raises 503 while starting or draining, as for /invoke.
         self.check_accepting = check_accepting
-
-    def routes(self) -> list[Route]:
-        return [
-            # One route for both methods: a 405 (and OPTIONS) then says `Allow: GET, POST`.
-            Route("/runs", self.collection, methods=["GET", "POST"]),
-            Route("/runs/{run_id}", self.get, methods=["GET"], name="run"),
-            Route("/runs/{run_id}/events", self.events, methods=["GET"]),
-            Route("/runs/{run_id}/cancel", self.cancel, methods=["POST"]),
-            Route("/api/trigger/pipeline", self.prophecy_trigger, methods=["POST"]),
-            Route("/api/trigger/pipeline/{run_id}", self.prophecy_status, methods=["GET"]),
-        ]
-
-    async def collection(self, request: Request) -> Response:
-        if request.method == "POST":
-            return await self.submit(request)
-        return await self.list(request)
 
     async def submit(self, request: Request) -> Response:
         self.check_accepting()
@@ -80,13 +58,13 @@ class RunsAPI:
                          "type": "string_length"}],
             )  # fmt: skip
         row, created = await self.runs.submit(data, webhook_url=webhook_url, idempotency_key=key)
-        request.state.run_id = row["run_id"]
-        status_url = str(request.url_for("run", run_id=row["run_id"]))
+        request.state.run_id = row.run_id
+        status_url = str(request.url_for("run", run_id=row.run_id))
         headers = {"Location": status_url}
         if not created:
             headers["Idempotent-Replayed"] = "true"
         return JSONBody(
-            {"run_id": row["run_id"], "status": row["status"], "status_url": status_url},
+            {"run_id": row.run_id, "status": row.status, "status_url": status_url},
             status_code=202,
             headers=headers,
         )
@@ -101,8 +79,8 @@ class RunsAPI:
         if unknown:
             raise _query_error(unknown[0], "unknown query parameter", "extra_forbidden")
         status = query.get("status")
-        if status is not None and status not in STATUSES:
-            raise _query_error("status", f"must be one of {', '.join(STATUSES)}", "enum")
+        if status is not None and status not in RUN_STATUSES:
+            raise _query_error("status", f"must be one of {', '.join(RUN_STATUSES)}", "enum")
         limit = _int_param(query.get("limit"), ["query", "limit"], default=50, high=MAX_PAGE, low=1)
         # An empty cursor is no cursor this server gave out: 422, as any other.
         found, next_cursor = await self.runs.list_runs(status, limit, query.get("cursor"))
@@ -158,10 +136,8 @@ class RunsAPI:
             row, _ = await self.runs.submit(data, client=client)
         except ServiceError as exc:
             return _prophecy_error(exc)
-        request.state.run_id = row["run_id"]
-        return JSONBody(
-            {"success": True, "runId": row["run_id"], "msg": f"pipeline run {row['status']}"}
-        )
+        request.state.run_id = row.run_id
+        return JSONBody({"success": True, "runId": row.run_id, "msg": f"pipeline run {row.status}"})
 
     async def prophecy_status(self, request: Request) -> Response:
         try:
@@ -170,19 +146,19 @@ class RunsAPI:
             return _prophecy_error(exc)
         answer: dict[str, Any] = {
             "success": True,
-            "runId": row["run_id"],
-            "createdAt": _prophecy_time(row["created_at"]),
-            "updatedAt": _prophecy_time(row.get("updated_at") or row["created_at"]),
-            "pipelineName": row["pipeline_name"],
-            "runStatus": _PROPHECY_STATUS[row["status"]],
+            "runId": row.run_id,
+            "createdAt": _prophecy_time(row.created_at),
+            "updatedAt": _prophecy_time(row.updated_at or row.created_at),
+            "pipelineName": row.pipeline_name,
+            "runStatus": _PROPHECY_STATUS[row.status],
         }
-        client = row["request"].get("client") or {}
+        client = row.request.get("client") or {}
         for name in ("projectId", "fabricId"):
             if name in client:
                 answer[name] = str(client[name])
         if answer["runStatus"] == "ERROR":
-            error = row.get("error") or {}
-            answer["errorMessage"] = error.get("message") or f"the run {row['status']}"
+            error = row.error or {}
+            answer["errorMessage"] = error.get("message") or f"the run {row.status}"
         return JSONBody(answer)
 
 
@@ -193,11 +169,7 @@ def _prophecy_time(ts: float) -> str:
 
 def _prophecy_error(exc: ServiceError) -> Response:
     # Prophecy's clients read `success` and `msg`; ours read `error`.
-    return JSONBody(
-        {"success": False, "msg": exc.message, "error": exc.body()},
-        status_code=exc.status_code,
-        headers=exc.headers,
-    )
+    return error_response(exc, msg=exc.message)
 
 
 def _run_id(request: Request) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +66,36 @@ def test_unreachable_database_stops_the_server_with_one_clear_line() -> None:
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("pipeserve: cannot open the run store: cannot reach the database")
     assert "hunter2" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        # What the user gave cannot be used: 2.
+        (["keys", "revoke", "nothing"], 2, "no key named 'nothing' in "),
+        (["keys", "create", "--name", "bad name!"], 2, "'bad name!' is not a key name"),
+        (["k8s", "render", "p:q", "--name", "BAD", "--image", "x"], 2, "--name 'BAD' is not"),
+        (["k8s", "render", "nosuch:p", "--name", "a", "--image", "x"], 2, "no such module"),
+        (["deploy", "p:q", "--name", "a", "--workers", "0"], 2, "invalid setting: workers"),
+        # Doing it failed: 1.
+        (["deploy", "p:q", "--name", "bad/name"], 1, "'bad/name' is not a deployment name"),
+        (["deployment", "invoke", "nothing"], 1, "no deployment named 'nothing'"),
+    ],
+)
+def test_errors_are_one_line_and_their_exit_code(
+    tmp_path: Path, args: list[str], code: int, message: str
+) -> None:
+    result = pipeserve(*args, env={"PIPESERVE_HOME": str(tmp_path)})
+    assert result.returncode == code, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("pipeserve: ")
+    assert message in result.stderr
+
+
+def test_a_damaged_keys_file_is_one_line_for_every_key_command(tmp_path: Path) -> None:
+    (tmp_path / "auth_keys.json").write_text("garbage")
+    for command in (["list"], ["create"], ["revoke", "x"]):
+        result = pipeserve("keys", *command, env={"PIPESERVE_HOME": str(tmp_path)})
+        assert result.returncode == 2
+        assert result.stderr.startswith("pipeserve: cannot read the keys file ")
+        assert result.stderr.count("\n") == 1

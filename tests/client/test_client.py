@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,8 +22,10 @@ import pytest
 from httpx_sse import ServerSentEvent
 from prometheus_client.parser import text_string_to_metric_families
 
+from service import errors
 from service.auth import generate_key, hash_key
 from service.client import (
+    APIError,
     AsyncClient,
     AsyncRunHandle,
     BadRequestError,
@@ -31,7 +35,6 @@ from service.client import (
     InvokeResult,
     NotFoundError,
     PayloadTooLargeError,
-    PipeserveError,
     RateLimitedError,
     ServerError,
     StepFailedError,
@@ -40,7 +43,8 @@ from service.client import (
     ValidationError,
     WaitTimeoutError,
 )
-from service.client.core import check, parse_retry_after, run_event
+from service.client.core import run_event
+from service.client.errors import RETRY_STATUSES, check, error_class, parse_retry_after
 from tests.conftest import ServerFactory, start_together
 
 KEY = generate_key()
@@ -267,8 +271,10 @@ def test_a_2xx_that_is_not_json_is_a_clear_error(showcase: str) -> None:
     # The dashboard's page: a 200, but HTML, as from a proxy or a wrong URL.
     page = httpx.get(showcase + "/")
     assert page.status_code == 200
-    with pytest.raises(PipeserveError) as caught:
+    with pytest.raises(APIError) as caught:
         check(page)
+    # One `except PipeserveError` catches the client's errors with the server's.
+    assert isinstance(caught.value, errors.PipeserveError)
     assert caught.value.status_code == 200 and caught.value.error_type == "not_json"
     assert "<!doctype html>" in caught.value.message.lower()
 
@@ -447,3 +453,106 @@ def test_retry_after_and_event_parsing() -> None:
     assert parse_retry_after("soon") is None
     # The blank line after a ping comment, once an id was seen: no event.
     assert run_event(ServerSentEvent(data="", id="3")) is None
+
+
+# -- the server's declarations, read by the client ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "expected"),
+    [
+        # By `error.type`: a refinement answers as its base's client class.
+        (400, {"type": "malformed_json"}, BadRequestError),
+        (422, {"type": "idempotency_key_reused"}, ValidationError),
+        (503, {"type": "store_unavailable"}, UnavailableError),
+        (500, {"type": "output_not_serializable", "output": "x"}, ServerError),
+        (408, {"type": "request_timeout"}, APIError),  # declared, no class of its own
+        # A step's failure: typed by the step's exception class, so by its `step`.
+        (500, {"type": "ValueError", "step": "prepare"}, StepFailedError),
+        # A type at another status than declared is not ours: the status decides.
+        (409, {"type": "not_found"}, ConflictError),
+        (500, {"type": "conflict", "step": "prepare"}, StepFailedError),
+        # Not our body (a proxy's page): the status decides.
+        (404, None, NotFoundError),
+        (429, None, RateLimitedError),
+        (502, None, ServerError),
+        (405, {"type": "method_not_allowed"}, APIError),
+    ],
+)
+def test_errors_are_typed_by_the_bodys_type(
+    status: int, error: dict[str, Any] | None, expected: type[APIError]
+) -> None:
+    body: dict[str, Any] = {"success": False} if error is None else {"error": error}
+    assert error_class(status, body) is expected
+
+
+def test_each_client_error_stands_for_a_server_declaration() -> None:
+    typed = {
+        BadRequestError: errors.BadRequest,
+        UnauthorizedError: errors.Unauthorized,
+        NotFoundError: errors.NotFound,
+        ConflictError: errors.Conflict,
+        PayloadTooLargeError: errors.PayloadTooLarge,
+        ValidationError: errors.ValidationFailed,
+        RateLimitedError: errors.TooManyRequests,
+        UnavailableError: errors.ServiceUnavailable,
+        DeadlineExceededError: errors.DeadlineExceeded,
+        ServerError: errors.ServiceError,
+        StepFailedError: errors.StepFailed,
+    }
+    for cls, declared in typed.items():
+        assert issubclass(cls, APIError) and issubclass(cls, errors.PipeserveError)
+        assert error_class(declared.status_code, {"error": {"type": declared.error_type}}) is cls
+        # The meaning is written once, in service.errors; the client's docs read it.
+        assert (cls.__doc__ or "").startswith(f"{declared.status_code} `{declared.error_type}`")
+        assert declared.description in (cls.__doc__ or "")
+    assert RETRY_STATUSES == {429, 503}
+
+
+def test_the_declarations_are_enumerable() -> None:
+    declared = errors.declared()
+    assert declared[0] is errors.ServiceError
+    assert len({cls.error_type for cls in declared}) == len(declared)
+    assert all(cls.description and "\n" not in cls.description for cls in declared)
+    assert errors.by_type("malformed_json") is errors.MalformedJSON
+    assert errors.by_type("ValueError") is None
+    # A status's general declaration, not a refinement of it.
+    assert errors.for_status(400) is errors.BadRequest
+    assert errors.for_status(500) is errors.ServiceError
+    assert errors.for_status(503) is errors.ServiceUnavailable
+    assert errors.for_status(418) is None
+    # Both Retry-After answers come from the one mechanism.
+    assert errors.TooManyRequests("full", retry_after=3).headers == {"Retry-After": "3"}
+    assert errors.StoreUnavailable("down").headers == {"Retry-After": "1"}
+    with pytest.raises(TypeError, match="without a description"):
+
+        class Undescribed(errors.ServiceError):
+            error_type = "undescribed"
+
+
+def test_the_one_error_body() -> None:
+    assert errors.error_body({"type": "not_found", "message": "m"}) == {
+        "success": False,
+        "error": {"type": "not_found", "message": "m"},
+    }
+    # Prophecy's `msg` comes before `error`, as it always did (key order is kept).
+    prophecy = errors.error_body({"type": "conflict", "message": "m"}, msg="m")
+    assert list(prophecy) == ["success", "msg", "error"]
+    # A run's failure keeps the /invoke shape: its metadata and timing beside the error.
+    failure = errors.StepFailed("boom", step="s", metadata={"run_id": "r"}, execution_time=1.5)
+    body = errors.error_body(failure.body())
+    assert list(body) == ["success", "error", "metadata", "execution_time", "outputs"]
+    assert body["error"] == {"type": "step_failed", "message": "boom", "step": "s"}
+    assert body["metadata"] == {"run_id": "r"} and body["outputs"] is None
+    assert failure.details["metadata"] == {"run_id": "r"}  # the error itself is untouched
+
+
+def test_the_client_imports_no_server_dependency() -> None:
+    code = (
+        "import sys, service.client; print(sorted(m for m in sys.modules "
+        "if m.split('.')[0] in {'sqlalchemy', 'starlette', 'uvicorn', 'prometheus_client'} "
+        "or m.startswith(('service.server', 'service.runs', 'service.sdk'))))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout

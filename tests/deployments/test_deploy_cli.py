@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,23 +43,34 @@ def greeter(name: str = "world", times: int = 1):
 
 
 class CLI:
-    """`python -P -m service ...` with its own home and an extra directory on PYTHONPATH."""
+    """`python -P -m service ...` with its own home, run in `cwd` with `pythonpath` (by
+    default the repository, for the test pipelines, and `modules`; empty: none at all)."""
 
-    def __init__(self, home: Path, modules: Path) -> None:
+    def __init__(
+        self,
+        home: Path,
+        modules: Path,
+        cwd: Path = ROOT,
+        pythonpath: tuple[Path, ...] | None = None,
+    ) -> None:
         self.home = home
         self.modules = modules
+        self.cwd = cwd
+        self.pythonpath = (ROOT, modules) if pythonpath is None else pythonpath
 
     def env(self) -> dict[str, str]:
-        return server_env(
-            {"PIPESERVE_HOME": str(self.home), "PYTHONPATH": f"{ROOT}{os.pathsep}{self.modules}"}
-        )
+        env = server_env({"PIPESERVE_HOME": str(self.home)})
+        env["PYTHONPATH"] = os.pathsep.join(str(path) for path in self.pythonpath)
+        if not self.pythonpath:
+            del env["PYTHONPATH"]
+        return env
 
     def __call__(
         self, *args: str, ok: bool = True, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [sys.executable, "-P", "-m", "service", *args],
-            cwd=ROOT,
+            cwd=self.cwd,
             env={**self.env(), **(env or {})},
             capture_output=True,
             text=True,
@@ -107,16 +120,23 @@ def write_greeter(directory: Path, word: str) -> None:
         cache.unlink()
 
 
+@contextlib.contextmanager
+def killing_leftovers(runner: CLI) -> Iterator[CLI]:
+    """Whatever a failed test left running goes; the tests themselves assert nothing is left."""
+    try:
+        yield runner
+    finally:
+        for proc in runner.processes():
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+
+
 @pytest.fixture
-def cli(tmp_path: Path) -> Any:
+def cli(tmp_path: Path) -> Iterator[CLI]:
     modules = tmp_path / "modules"
     modules.mkdir()
-    runner = CLI(tmp_path / "home", modules)
-    yield runner
-    # Whatever a failed test left running goes; the tests themselves assert nothing is left.
-    for proc in runner.processes():
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
+    with killing_leftovers(CLI(tmp_path / "home", modules)) as runner:
+        yield runner
 
 
 def test_training_lifecycle(cli: CLI) -> None:
@@ -313,6 +333,42 @@ def test_a_webhook_secret_reaches_the_server_and_is_never_shown(cli: CLI) -> Non
     cli("deployment", "delete", "hooks")
     assert cli.processes() == []
     assert list((cli.home / "deployments").iterdir()) == []
+
+
+def test_a_projects_own_service_package_never_shadows_pipeserve(tmp_path: Path) -> None:
+    """A user's project may hold a `service/` package of its own: deployed from there, the
+    server is still pipeserve's (it runs `python -P -m service`), and the pipeline is the
+    project's, imported from the working directory once pipeserve is."""
+    project = tmp_path / "project"
+    shutil.copytree(
+        ROOT / "pipelines", project / "pipelines", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    training = project / "pipelines" / "training.py"
+    original = '"""A configurable training pipeline that can be triggered externally."""'
+    assert original in training.read_text()
+    training.write_text(training.read_text().replace(original, '"""The project\'s own copy."""'))
+    marker = tmp_path / "users-service-imported"
+    (project / "service").mkdir()
+    (project / "service" / "__init__.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n"
+        "raise ImportError('the project\\'s own service package was imported')\n"
+    )
+    # No PYTHONPATH at all: pipeserve is found where it is installed, and nothing else
+    # (the repository's own `pipelines`, say) could stand in for the project's modules.
+    runner = CLI(tmp_path / "home", project, cwd=project, pythonpath=())
+    with killing_leftovers(runner) as cli:
+        deployed = cli("deploy", "pipelines.training:training_pipeline", "--name", "mine")
+        assert "deployed 'mine'" in deployed.stderr
+        described = cli.describe("mine")
+        assert described["record"]["cwd"] == str(project)
+        info = httpx.get(described["url"] + "/info", timeout=10).json()
+        assert info["pipeline_name"] == "training_pipeline"
+        assert info["description"] == "The project's own copy."
+        assert info["pipeserve_version"]
+        assert cli.invoke("mine")["success"] is True
+        cli("deployment", "delete", "mine")
+        assert cli.processes() == []
+    assert not marker.exists()
 
 
 def test_a_server_that_dies_at_start_shows_its_log(cli: CLI) -> None:

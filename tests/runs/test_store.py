@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import threading
@@ -18,18 +19,26 @@ from alembic.script import ScriptDirectory
 
 from service.runs import migrations
 from service.runs.migrations import HEAD, VERSION_TABLE
+from service.runs.model import FinishedRun, Run, RunEnd
 from service.runs.store import PRUNE_BATCH, NewEvent, QueueFull, RunStore, metadata, normalize_url
+from service.runs.tables import runs
 
 
-def queued_row(deployment: str = "d") -> tuple[dict[str, Any], NewEvent]:
+def queued_run(deployment: str = "d") -> tuple[Run, NewEvent]:
     run_id = str(uuid.uuid4())
     now = time.time()
-    row = {
-        "run_id": run_id, "deployment_name": deployment, "pipeline_name": "p",
-        "pipeline_version": "v1", "kind": "batch", "status": "queued",
-        "request": {"parameters": {}}, "created_at": now, "updated_at": now,
-    }  # fmt: skip
-    return row, NewEvent(run_id, 1, "queued", {"run_id": run_id}, now)
+    run = Run(
+        run_id=run_id, deployment_name=deployment, pipeline_name="p", pipeline_version="v1",
+        kind="batch", status="queued", request={"parameters": {}}, created_at=now,
+        updated_at=now,
+    )  # fmt: skip
+    return run, NewEvent(run_id, 1, "queued", {"run_id": run_id}, now)
+
+
+def ended() -> RunEnd:
+    now = time.time()
+    return {"status": "succeeded", "error": None, "steps": None, "finished_at": now,
+            "updated_at": now, "duration": None}  # fmt: skip
 
 
 def opened(url: str, deployment: str = "d") -> RunStore:
@@ -58,6 +67,10 @@ def _schema(conn: Any) -> dict[str, Any]:
         }
         for table in sorted([*metadata.tables, VERSION_TABLE])
     }
+
+
+def test_a_run_has_a_field_for_each_column() -> None:
+    assert {f.name for f in dataclasses.fields(Run)} == {c.name for c in runs.c}
 
 
 def test_a_new_database_is_built_as_the_migrations_build_it(database_url: str) -> None:
@@ -103,18 +116,18 @@ def test_concurrent_claims_never_take_a_run_twice(database_url: str) -> None:
     stores = [opened(database_url), RunStore(database_url, "d")]
     submitted = set()
     for _ in range(60):
-        row, event = queued_row()
-        stores[0].submit(row, event, max_queued=1000)
-        submitted.add(row["run_id"])
+        run, event = queued_run()
+        stores[0].submit(run, event, max_queued=1000)
+        submitted.add(run.run_id)
     claimed: list[str] = []
     lock = threading.Lock()
 
     def worker(store: RunStore, owner: str) -> None:
-        while (row := store.claim_next(owner, time.time(), 30)) is not None:
-            assert row["status"] == "running" and row["owner"] == owner
-            assert row["next_event_id"] == 2
+        while (claim := store.claim_next(owner, time.time(), 30)) is not None:
+            assert claim.run.status == "running" and claim.run.owner == owner
+            assert claim.next_event_id == 2
             with lock:
-                claimed.append(row["run_id"])
+                claimed.append(claim.run.run_id)
 
     threads = [
         threading.Thread(target=worker, args=(stores[i % 2], f"owner-{i}")) for i in range(8)
@@ -131,19 +144,19 @@ def test_concurrent_claims_never_take_a_run_twice(database_url: str) -> None:
 def test_queue_limit_and_idempotency_keys_are_per_deployment(database_url: str) -> None:
     store, other = opened(database_url, "a"), opened(database_url, "b")
     for _ in range(2):
-        store.submit(*queued_row("a"), max_queued=2)
+        store.submit(*queued_run("a"), max_queued=2)
     with pytest.raises(QueueFull):
-        store.submit(*queued_row("a"), max_queued=2)
-    other.submit(*queued_row("b"), max_queued=2)  # another deployment's queue
+        store.submit(*queued_run("a"), max_queued=2)
+    other.submit(*queued_run("b"), max_queued=2)  # another deployment's queue
 
-    row, event = queued_row("b")
-    row["idempotency_key"] = "same"
-    _, created = other.submit(row, event, max_queued=10)
-    duplicate, event2 = queued_row("b")
-    duplicate["idempotency_key"] = "same"
+    run, event = queued_run("b")
+    run = dataclasses.replace(run, idempotency_key="same")
+    _, created = other.submit(run, event, max_queued=10)
+    duplicate, event2 = queued_run("b")
+    duplicate = dataclasses.replace(duplicate, idempotency_key="same")
     found, created_twice = other.submit(duplicate, event2, max_queued=10)
-    assert created and not created_twice and found["run_id"] == row["run_id"]
-    assert other.get(row["run_id"]) is not None and store.get(row["run_id"]) is None
+    assert created and not created_twice and found.run_id == run.run_id
+    assert other.get(run.run_id) is not None and store.get(run.run_id) is None
     store.close()
     other.close()
 
@@ -151,28 +164,30 @@ def test_queue_limit_and_idempotency_keys_are_per_deployment(database_url: str) 
 def test_expired_leases_are_failed_or_requeued(database_url: str) -> None:
     store = opened(database_url)
     for _ in range(2):
-        store.submit(*queued_row(), max_queued=10)
-    dead = store.claim_next("dead-process", time.time() - 100, lease=30)
-    alive = store.claim_next("live-process", time.time(), lease=30)
-    assert dead is not None and alive is not None
+        store.submit(*queued_run(), max_queued=10)
+    claimed_dead = store.claim_next("dead-process", time.time() - 100, lease=30)
+    claimed_alive = store.claim_next("live-process", time.time(), lease=30)
+    assert claimed_dead is not None and claimed_alive is not None
+    dead, alive = claimed_dead.run.run_id, claimed_alive.run.run_id
 
     requeued, failed = store.recover_expired(time.time(), requeue=False, owner="recovering-process")
-    assert (requeued, failed) == ([], [dead["run_id"]])
-    record = store.get(dead["run_id"])
-    assert record is not None and record["status"] == "failed"
-    assert record["error"]["type"] == "interrupted"
-    assert [e.kind for e in store.events_after(dead["run_id"], 0)] == ["queued", "failed"]
-    assert store.get(alive["run_id"])["status"] == "running"  # type: ignore[index]
+    assert (requeued, failed) == ([], [dead])
+    record = store.get(dead)
+    assert record is not None and record.status == "failed"
+    assert record.error is not None and record.error["type"] == "interrupted"
+    assert [e.kind for e in store.events_after(dead, 0)] == ["queued", "failed"]
+    running = store.get(alive)
+    assert running is not None and running.status == "running"
 
     # A lost lease: the owner's late result is refused.
-    assert not store.finish(dead["run_id"], "dead-process", {"status": "succeeded"},
-                            NewEvent(dead["run_id"], 3, "succeeded", {}, time.time()))  # fmt: skip
+    assert not store.finish(dead, "dead-process", ended(),
+                            NewEvent(dead, 3, "succeeded", {}, time.time()))  # fmt: skip
 
-    store.renew_leases("live-process", [alive["run_id"]], time.time() - 100, lease=30)
+    store.renew_leases("live-process", [alive], time.time() - 100, lease=30)
     requeued, failed = store.recover_expired(time.time(), requeue=True, owner="recovering-process")
-    assert (requeued, failed) == ([alive["run_id"]], [])
+    assert (requeued, failed) == ([alive], [])
     again = store.claim_next("next-process", time.time(), lease=30)
-    assert again is not None and again["run_id"] == alive["run_id"] and again["attempt"] == 2
+    assert again is not None and again.run.run_id == alive and again.run.attempt == 2
     store.close()
 
 
@@ -180,13 +195,13 @@ def test_a_flush_writes_every_finished_invocation(database_url: str) -> None:
     # The insert compiled once and run as the driver's executemany, JSON columns included.
     store = opened(database_url)
     now = time.time()
-    rows: list[dict[str, Any]] = [
+    rows: list[FinishedRun] = [
         {
             "run_id": str(uuid.uuid4()), "deployment_name": "d", "pipeline_name": "p",
             "pipeline_version": "v1", "kind": "invoke",
             "status": "failed" if i % 10 == 0 else "succeeded",
             "request": {"parameters": {"i": i}}, "parameters_used": {"i": i},
-            "steps": {"s": {"status": "completed", "duration": i / 1000}},
+            "steps": {"s": {"status": "completed", "started_at": None, "duration": i / 1000}},
             "outputs": None if i % 10 == 0 else f'{{"n": {i}}}', "outputs_omitted": i == 7,
             "error": {"type": "step_failed", "step": "s"} if i % 10 == 0 else None,
             "created_at": now + i, "started_at": now + i, "finished_at": now + i + 0.5,
@@ -198,9 +213,9 @@ def test_a_flush_writes_every_finished_invocation(database_url: str) -> None:
     for row in rows:
         found = store.get(row["run_id"])
         assert found is not None
-        assert {name: found[name] for name in row} == row
+        assert {name: getattr(found, name) for name in row} == row
     listed = store.list_runs("failed", 100, None)
-    assert [r["run_id"] for r in listed] == [rows[i]["run_id"] for i in range(60, -1, -10)]
+    assert [r.run_id for r in listed] == [rows[i]["run_id"] for i in range(60, -1, -10)]
     store.close()
 
 
@@ -210,7 +225,7 @@ def test_pruning_deletes_in_many_transactions(database_url: str) -> None:
     store = opened(database_url)
     now = time.time()
     total = 2 * PRUNE_BATCH + 203
-    rows = [
+    rows: list[FinishedRun] = [
         {
             "run_id": str(uuid.uuid4()), "deployment_name": "d", "pipeline_name": "p",
             "pipeline_version": "v1", "kind": "invoke", "status": "succeeded",
@@ -222,10 +237,10 @@ def test_pruning_deletes_in_many_transactions(database_url: str) -> None:
         for i in range(total)
     ]  # fmt: skip
     store.write_batch([store.prepare_finished(r)[0] for r in rows], [], {}, now)
-    queued, first = queued_row()
+    queued, first = queued_run()
     store.submit(queued, first, 100)
     other = opened(database_url, "other")
-    kept_elsewhere, event = queued_row("other")
+    kept_elsewhere, event = queued_run("other")
     other.submit(kept_elsewhere, event, 100)
 
     cutoff = store.prune_cutoff(100)
@@ -234,15 +249,15 @@ def test_pruning_deletes_in_many_transactions(database_url: str) -> None:
     assert deleted == [PRUNE_BATCH, PRUNE_BATCH, total - 100 - 2 * PRUNE_BATCH, 0]
     listed = store.list_runs(None, 1000, None)
     # Newest first: the queued run, not finished, is kept though created before them all.
-    assert [r["run_id"] for r in listed] == [
+    assert [r.run_id for r in listed] == [
         *(r["run_id"] for r in rows[: total - 101 : -1]),
-        queued["run_id"],
+        queued.run_id,
     ]
     assert store.prune_cutoff(100) is None
     # By age alone: every finished run, none of the other deployment's.
     assert store.prune(now + total, None) == 100
-    assert [r["run_id"] for r in store.list_runs(None, 1000, None)] == [queued["run_id"]]
-    assert other.get(kept_elsewhere["run_id"]) is not None
+    assert [r.run_id for r in store.list_runs(None, 1000, None)] == [queued.run_id]
+    assert other.get(kept_elsewhere.run_id) is not None
     store.close()
     other.close()
 
@@ -255,7 +270,7 @@ def test_pruning_sends_the_same_statements_whatever_the_batch(database_url: str)
     sa.event.listen(store.engine, "before_cursor_execute", lambda *a: sent.add(a[2]))
     now = time.time()
     for size in (1, 2, 7, 30):
-        rows = [
+        rows: list[FinishedRun] = [
             {
                 "run_id": str(uuid.uuid4()), "deployment_name": "d", "pipeline_name": "p",
                 "pipeline_version": "v1", "kind": "invoke", "status": "succeeded",
@@ -289,10 +304,10 @@ def test_the_runs_own_end_wins_over_a_recovery_guess(database_url: str) -> None:
     # A process cut off from the database (an outage) while its run went on: another
     # process failed the run as `interrupted` and wrote its event with the next free id.
     store = opened(database_url)
-    store.submit(*queued_row(), max_queued=10)
+    store.submit(*queued_run(), max_queued=10)
     claimed = store.claim_next("cut-off", time.time() - 100, lease=30)
-    assert claimed is not None and claimed["next_event_id"] == 2
-    run_id = claimed["run_id"]
+    assert claimed is not None and claimed.next_event_id == 2
+    run_id = claimed.run.run_id
     assert store.recover_expired(time.time(), requeue=False, owner="cut-off") == ([], [])
     assert store.recover_expired(time.time(), requeue=False, owner="other") == ([], [run_id])
 
@@ -303,11 +318,10 @@ def test_the_runs_own_end_wins_over_a_recovery_guess(database_url: str) -> None:
     store.write_batch([], late, {}, time.time())
     # Its heartbeat: the run is still its own (failed on a guess, not taken over).
     assert store.renew_leases("cut-off", [run_id], time.time(), lease=30) == (set(), set())
-    values = {"status": "succeeded", "finished_at": time.time(), "updated_at": time.time()}
-    assert store.finish(run_id, "cut-off", values, _event(run_id, 4, "succeeded"), attempt=1)
+    assert store.finish(run_id, "cut-off", ended(), _event(run_id, 4, "succeeded"), attempt=1)
     record = store.get(run_id)
-    assert record is not None and record["status"] == "succeeded"
-    assert record["recovered_at"] is None
+    assert record is not None and record.status == "succeeded"
+    assert record.recovered_at is None
     stored = store.events_after(run_id, 0)
     assert [(e.event_id, e.kind) for e in stored] == [
         (1, "queued"), (2, "failed"), (3, "step_started"), (4, "step_finished"), (5, "succeeded"),
@@ -320,26 +334,25 @@ def test_a_requeued_runs_late_end_counts_until_another_process_claims_it(
     database_url: str, claimed_again: bool
 ) -> None:
     store = opened(database_url)
-    store.submit(*queued_row(), max_queued=10)
+    store.submit(*queued_run(), max_queued=10)
     first = store.claim_next("cut-off", time.time() - 100, lease=30)
     assert first is not None
-    run_id = first["run_id"]
+    run_id = first.run.run_id
     assert store.recover_expired(time.time(), requeue=True, owner="other") == ([run_id], [])
     # Requeued: no longer running under its first process, which stops heartbeating it.
     assert store.renew_leases("cut-off", [run_id], time.time(), lease=30) == (set(), {run_id})
     if claimed_again:
         again = store.claim_next("other", time.time(), lease=30)
-        assert again is not None and again["attempt"] == 2
-    values = {"status": "succeeded", "finished_at": time.time(), "updated_at": time.time()}
-    ended = store.finish(run_id, "cut-off", values, _event(run_id, 9, "succeeded"), attempt=1)
+        assert again is not None and again.run.attempt == 2
+    late_end = store.finish(run_id, "cut-off", ended(), _event(run_id, 9, "succeeded"), attempt=1)
     record = store.get(run_id)
     assert record is not None
     if claimed_again:
         # The second attempt runs: the first one's end is not the run's.
-        assert not ended and record["status"] == "running"
+        assert not late_end and record.status == "running"
     else:
         # Nobody took it since: the first attempt's end is the run's, and it is not run twice.
-        assert ended and record["status"] == "succeeded"
+        assert late_end and record.status == "succeeded"
         assert store.claim_next("other", time.time(), lease=30) is None
     store.close()
 
@@ -348,7 +361,7 @@ def test_a_record_json_cannot_carry_is_stored_without_those_values(database_url:
     store = opened(database_url)
     now = time.time()
     too_big = 2**64
-    row: dict[str, Any] = {
+    row: FinishedRun = {
         "run_id": str(uuid.uuid4()), "deployment_name": "d", "pipeline_name": "p",
         "pipeline_version": "v1", "kind": "invoke", "status": "succeeded",
         "request": {"parameters": {"x": too_big}}, "parameters_used": {"x": too_big},
@@ -356,7 +369,7 @@ def test_a_record_json_cannot_carry_is_stored_without_those_values(database_url:
         "created_at": now, "started_at": now, "finished_at": now, "updated_at": now,
         "duration": 0.0,
     }  # fmt: skip
-    good: dict[str, Any] = {
+    good: FinishedRun = {
         **row,
         "run_id": str(uuid.uuid4()),
         "request": {},
@@ -366,8 +379,8 @@ def test_a_record_json_cannot_carry_is_stored_without_those_values(database_url:
     assert omitted == ["request", "parameters_used"]
     store.write_batch([prepared, store.prepare_finished(good)[0]], [], {}, now)
     found = store.get(row["run_id"])
-    assert found is not None and found["parameters_used"] is None
-    assert "64-bit" in found["request"]["omitted"]
-    assert found["error"]["type"] == "record_incomplete"
+    assert found is not None and found.parameters_used is None
+    assert "64-bit" in found.request["omitted"]
+    assert found.error is not None and found.error["type"] == "record_incomplete"
     assert store.get(good["run_id"]) is not None
     store.close()

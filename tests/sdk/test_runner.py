@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 from service import StepContext, pipeline, run_pipeline, step
+from service.sdk.requests import InvokeRequestData
 from service.sdk.runner import Runner, StepEvent
-from service.server.schema import InvokeRequestData
 
 
 @step

@@ -10,7 +10,7 @@ import pytest
 
 from service import pipeline, run_pipeline, step
 from service.errors import ValidationFailed
-from service.server.schema import RequestModels
+from service.sdk.requests import RequestModels
 
 
 class Point(pydantic.BaseModel):

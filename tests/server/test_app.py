@@ -8,6 +8,7 @@ import time
 import uuid
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -305,7 +306,7 @@ def test_on_init_runs_once_per_process_and_cleanup_at_shutdown(
         "tests.sample_pipelines:with_state", env={"TEST_MARKER_DIR": str(tmp_path)}
     )
 
-    def call(_: int) -> dict[str, object]:
+    def call(_: int) -> Any:
         return httpx.post(server.url + "/invoke", json={}, timeout=30).json()
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:

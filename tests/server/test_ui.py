@@ -69,7 +69,7 @@ def guarded(deployments: dict[str, str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def chrome() -> Iterator[WebDriver]:
+def chrome() -> Iterator[webdriver.Chrome]:
     binary = require_binary("chromium", "chromium")
     driver_path = require_binary("chromedriver", "chromium-driver")
     options = webdriver.ChromeOptions()
@@ -87,7 +87,7 @@ def chrome() -> Iterator[WebDriver]:
 
 
 @pytest.fixture
-def browser(chrome: WebDriver) -> Iterator[WebDriver]:
+def browser(chrome: webdriver.Chrome) -> Iterator[webdriver.Chrome]:
     """The shared browser, with a clean session and an empty log for each test."""
     yield chrome
     chrome.get_log("browser")
@@ -99,7 +99,7 @@ def wait(driver: WebDriver, until: Callable[[WebDriver], Any], timeout: float = 
     return WebDriverWait(driver, timeout, poll_frequency=0.05).until(until)
 
 
-def severe(driver: WebDriver) -> list[dict[str, Any]]:
+def severe(driver: webdriver.Chrome) -> list[dict[str, Any]]:
     return [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
 
@@ -214,7 +214,9 @@ def test_info_tells_uptime(showcase: str) -> None:
 # -- the dashboard ----------------------------------------------------------------
 
 
-def test_dashboard_shows_the_deployment_and_invokes_it(browser: WebDriver, showcase: str) -> None:
+def test_dashboard_shows_the_deployment_and_invokes_it(
+    browser: webdriver.Chrome, showcase: str
+) -> None:
     browser.get(showcase + "/")
     wait(browser, loaded)
     assert browser.find_element(By.ID, "deployment-name").text == "showcase"
@@ -289,7 +291,9 @@ def test_dashboard_shows_the_deployment_and_invokes_it(browser: WebDriver, showc
     assert local_only(browser, showcase)
 
 
-def test_dashboard_shows_a_failed_run_and_a_bad_request(browser: WebDriver, showcase: str) -> None:
+def test_dashboard_shows_a_failed_run_and_a_bad_request(
+    browser: webdriver.Chrome, showcase: str
+) -> None:
     browser.get(showcase + "/")
     wait(browser, loaded)
     field(browser, "text").send_keys("fail")
@@ -319,7 +323,7 @@ def test_dashboard_shows_a_failed_run_and_a_bad_request(browser: WebDriver, show
     assert "422" in logged[1]["message"]
 
 
-def test_dashboard_asks_for_the_key(browser: WebDriver, guarded: str) -> None:
+def test_dashboard_asks_for_the_key(browser: webdriver.Chrome, guarded: str) -> None:
     browser.get(guarded + "/")
     dialog = wait(browser, lambda d: d.find_element(By.ID, "key-dialog"))
     wait(browser, lambda d: dialog.is_displayed())
@@ -376,7 +380,7 @@ def test_dashboard_asks_for_the_key(browser: WebDriver, guarded: str) -> None:
 # -- the docs ---------------------------------------------------------------------
 
 
-def test_docs_render_offline_with_examples(browser: WebDriver, showcase: str) -> None:
+def test_docs_render_offline_with_examples(browser: webdriver.Chrome, showcase: str) -> None:
     browser.get(showcase + "/docs#/default/invoke")
     wait(browser, loaded)
     operations = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock"))
@@ -403,7 +407,7 @@ def rows(driver: WebDriver) -> list[WebElement]:
     return driver.find_elements(By.CSS_SELECTOR, "#runs tbody tr.run")
 
 
-def test_runs_list_updates_live_and_shows_a_run(browser: WebDriver, showcase: str) -> None:
+def test_runs_list_updates_live_and_shows_a_run(browser: webdriver.Chrome, showcase: str) -> None:
     browser.get(showcase + "/")
     wait(browser, loaded)
     # Runs started elsewhere (here: the API) show up without a reload.
@@ -473,7 +477,7 @@ def polls(driver: WebDriver) -> int:
     return int(count)
 
 
-def test_dashboard_stays_usable_at_1000_runs(browser: WebDriver, crowded: str) -> None:
+def test_dashboard_stays_usable_at_1000_runs(browser: webdriver.Chrome, crowded: str) -> None:
     browser.get(crowded + "/")
     wait(browser, loaded)
     # The newest 50 only; older ones a page at a time.

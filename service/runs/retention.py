@@ -1,0 +1,49 @@
+"""Retention: finished runs past `retention_days`, or beyond the newest
+`retention_max_runs`, are deleted every `retention_interval` (never a webhook still due)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from service.runs.calls import StoreCalls
+from service.runs.store import PRUNE_BATCH, RunStore, is_transient
+from service.settings import Settings
+
+logger = logging.getLogger("pipeserve.runs")
+
+# Between two pruning transactions: the store calls queued behind one run before the next.
+PRUNE_PAUSE = 0.05
+
+
+class Retention:
+    def __init__(self, settings: Settings, store: RunStore, calls: StoreCalls) -> None:
+        self.settings = settings
+        self.store = store
+        self.calls = calls
+
+    async def run(self) -> None:
+        while True:
+            try:
+                pruned = await self.prune(time.time())
+            except Exception as exc:
+                pruned = 0
+                if not is_transient(exc):
+                    logger.exception("pruning finished runs failed; will retry")
+            if pruned:
+                logger.info("pruned finished runs", extra={"pruned": pruned})
+            await asyncio.sleep(self.settings.retention_interval)
+
+    async def prune(self, now: float) -> int:
+        """Delete what retention says, a batch a transaction, pausing between batches so
+        that the flush and submits never wait behind the whole of it."""
+        finished_before = now - self.settings.retention_days * 86400
+        cutoff = await self.calls.call(self.store.prune_cutoff, self.settings.retention_max_runs)
+        pruned = 0
+        while True:
+            deleted = await self.calls.call(self.store.prune, finished_before, cutoff)
+            pruned += deleted
+            if deleted < PRUNE_BATCH:
+                return pruned
+            await asyncio.sleep(PRUNE_PAUSE)

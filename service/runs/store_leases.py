@@ -1,0 +1,176 @@
+"""The leases of running runs in the store: renewing them, ending a run that is still
+ours, and recovering the runs whose process stopped renewing (it died): requeued when the
+pipeline is safe to retry, else failed as `interrupted`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from service.runs import event_log
+from service.runs.database import Database
+from service.runs.model import NewEvent, RunEnd, Steps
+from service.runs.store_outbox import webhook_due
+from service.runs.tables import runs
+from service.status import ACTIVE
+
+
+def interrupted_values(
+    now: float, started_at: float | None, steps: Steps | None, webhook: bool
+) -> RunEnd:
+    """How a run ends whose process stopped under it: failed, `interrupted`, the steps
+    that were running failed with it."""
+    if isinstance(steps, dict):
+        steps = {
+            name: {**record, "status": "failed"} if record.get("status") == "running" else record
+            for name, record in steps.items()
+        }
+    end: RunEnd = {
+        "status": "failed",
+        "error": {
+            "type": "interrupted",
+            "message": "the server running this run stopped before it finished",
+        },
+        "outputs": None,
+        "finished_at": now,
+        "updated_at": now,
+        "duration": now - started_at if started_at else None,
+        "steps": steps,
+    }
+    return {**end, **webhook_due(now, webhook)}
+
+
+class LeaseQueries(Database):
+    def renew_leases(
+        self, owner: str, run_ids: Sequence[str], now: float, lease: float
+    ) -> tuple[set[str], set[str]]:
+        """Extend the leases of our running runs. Returns (cancel requested, lost): runs a
+        caller asked to cancel, and runs that are no longer ours (requeued or taken over
+        after a stall). A run that lease recovery failed meanwhile is still ours: its own
+        end, when it comes, replaces that guess (see `finish`)."""
+        if not run_ids:
+            return set(), set()
+        with self._write() as conn:
+            conn.execute(
+                runs.update()
+                .where(
+                    runs.c.run_id.in_(run_ids), runs.c.owner == owner, runs.c.status == "running"
+                )
+                .values(lease_expires_at=now + lease)
+            )
+            found = conn.execute(
+                sa.select(
+                    runs.c.run_id, runs.c.owner, runs.c.status, runs.c.cancel_requested
+                ).where(runs.c.run_id.in_(run_ids))
+            ).all()
+        cancel = {r.run_id for r in found if r.cancel_requested}
+        ours = {r.run_id for r in found if r.owner == owner and r.status in ("running", "failed")}
+        return cancel, set(run_ids) - ours
+
+    def finish(
+        self,
+        run_id: str,
+        owner: str | None,
+        values: RunEnd,
+        event: NewEvent,
+        attempt: int | None = None,
+    ) -> bool:
+        """Record a run's end and its terminal event, if it is still ours (or still queued).
+
+        The run's own end wins over lease recovery's guess: a run that recovery failed as
+        `interrupted`, or requeued without anyone claiming it since, while its process was
+        cut off from the database (`attempt` is still the one that process claimed), is
+        recorded as it really ended; the event stream shows the guess, then the end."""
+        with self._write() as conn:
+            done = conn.execute(
+                runs.update()
+                .where(runs.c.run_id == run_id, _still_ours(owner, attempt))
+                .values(**values, owner=owner, recovered_at=None)
+            ).rowcount
+            if done:
+                event_log.append(conn, [event])
+            return bool(done)
+
+    def recover_expired(self, now: float, requeue: bool, owner: str) -> tuple[list[str], list[str]]:
+        """Runs whose owner stopped renewing its lease (it died): requeue them when the
+        pipeline is safe to retry, otherwise fail them as `interrupted`. Never the runs of
+        `owner` (the caller): it is alive, so a lease of its that expired means only that
+        the database was out of its reach, and it goes on with the run.
+        Returns (requeued, failed) run ids."""
+        requeued: list[str] = []
+        failed: list[str] = []
+        with self._write() as conn:
+            expired = conn.execute(
+                sa.select(runs.c.run_id, runs.c.started_at, runs.c.webhook_url, runs.c.steps)
+                .where(
+                    self._mine(),
+                    runs.c.status == "running",
+                    runs.c.lease_expires_at < now,
+                    sa.or_(runs.c.owner.is_(None), runs.c.owner != owner),
+                )
+                .with_for_update(skip_locked=True)
+            ).all()
+            for row in expired:
+                if requeue:
+                    _requeue(conn, row.run_id, now, recovered=True)
+                    requeued.append(row.run_id)
+                    continue
+                values = interrupted_values(now, row.started_at, row.steps, bool(row.webhook_url))
+                conn.execute(
+                    runs.update()
+                    .where(runs.c.run_id == row.run_id)
+                    .values(**values, recovered_at=now)
+                )
+                data = {"run_id": row.run_id, "status": "failed", "error": values["error"],
+                        "at": now}  # fmt: skip
+                event_log.event(conn, row.run_id, "failed", data, now)
+                failed.append(row.run_id)
+        return requeued, failed
+
+    def release(self, run_id: str, owner: str, now: float) -> bool:
+        """Put a run we own back in the queue (shutdown of a pipeline safe to retry)."""
+        with self._write() as conn:
+            return _requeue(conn, run_id, now, owner)
+
+
+def _still_ours(owner: str | None, attempt: int | None) -> Any:
+    """The run's row, if the end of this process's attempt at it still counts (`finish`).
+    No owner: a run that never left the queue."""
+    if owner is None:
+        return runs.c.status.in_(ACTIVE)
+    mine = sa.and_(runs.c.owner == owner, runs.c.status == "running")
+    if attempt is None:
+        return mine
+    return sa.or_(
+        mine,
+        sa.and_(
+            runs.c.attempt == attempt,
+            sa.or_(
+                sa.and_(runs.c.owner == owner, runs.c.status == "failed"),
+                sa.and_(runs.c.owner.is_(None), runs.c.status == "queued"),
+            ),
+            runs.c.recovered_at.is_not(None),
+        ),
+    )
+
+
+def _requeue(
+    conn: Connection, run_id: str, now: float, owner: str | None = None, recovered: bool = False
+) -> bool:
+    """Back to `queued`, as if never started, with a `queued` event saying so."""
+    where = [runs.c.run_id == run_id, runs.c.status == "running"]
+    if owner is not None:
+        where.append(runs.c.owner == owner)
+    done = conn.execute(
+        runs.update()
+        .where(*where)
+        .values(status="queued", owner=None, lease_expires_at=None, started_at=None,
+                steps=None, updated_at=now, recovered_at=now if recovered else None)
+    ).rowcount  # fmt: skip
+    if done:
+        data = {"run_id": run_id, "status": "queued", "requeued": True, "at": now}
+        event_log.event(conn, run_id, "queued", data, now)
+    return bool(done)

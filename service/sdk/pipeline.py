@@ -149,13 +149,12 @@ class Pipeline:
                     upstream=tuple(sorted(position[u] for u in upstream[old])),
                 )
             )
-        outputs = self._outputs(returned, tracer, position, nodes)
+        outputs = self._outputs(returned, position, nodes)
         return tuple(nodes), outputs
 
     def _outputs(
         self,
         returned: Any,
-        tracer: Tracer,
         position: dict[int, int],
         nodes: list[StepNode],
     ) -> dict[str, FromStep]:

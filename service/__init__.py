@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from service.sdk.runner import run_pipeline
     from service.sdk.step import Step, StepContext, step
     from service.server.app import create_app
+    from service.server.lifecycle import ProcessHooks
     from service.settings import Settings
 
 # Each public name, and the module that defines it.
@@ -26,6 +27,7 @@ _EXPORTS = {
     "Pipeline": "service.sdk.pipeline",
     "PipelineDefinitionError": "service.errors",
     "PipeserveError": "service.errors",
+    "ProcessHooks": "service.server.lifecycle",
     "ServiceError": "service.errors",
     "Settings": "service.settings",
     "Step": "service.sdk.step",
@@ -40,6 +42,7 @@ __all__ = [
     "Pipeline",
     "PipelineDefinitionError",
     "PipeserveError",
+    "ProcessHooks",
     "ServiceError",
     "Settings",
     "Step",

@@ -179,9 +179,9 @@ class KeyRing:
         self.mode = mode
         self._setting = [r.hash for r in setting_records]
         self._hashes: tuple[str, ...] = tuple(self._setting)
-        self._file_exists = False
         # Why the file cannot be read (None: it can, or it is absent); logged once a change.
         self._file_error: str | None = None
+        # The file's (mtime, inode, size) at the last look; None: absent; -1s: cannot stat.
         self._signature: tuple[int, int, int] | None = None
         self._checked = 0.0
         self.refresh(force=True)
@@ -196,6 +196,11 @@ class KeyRing:
             logger.warning("auth is off (auth=off) although keys are configured", extra=where)
         else:
             logger.info("auth is off: no keys file and no key hash set", extra=where)
+
+    @property
+    def _file_exists(self) -> bool:
+        """Whether the keys file was there at the last look (readable or not)."""
+        return self._signature is not None
 
     @property
     def refusal(self) -> str | None:
@@ -244,7 +249,6 @@ class KeyRing:
         if not force and signature == self._signature:
             return
         self._signature = signature
-        self._file_exists = signature is not None
         file_hashes: list[str] = []
         error: str | None = None
         if stat_error is not None:

@@ -1,10 +1,10 @@
-"""The vocabulary of runs: the statuses of a run, of its steps and of its webhook, and the
-kinds of event in a run's stream, each written once.
+"""The vocabulary of runs: the kinds of run, the statuses of a run, of its steps and of
+its webhook, and the kinds of event in a run's stream, each written once.
 
 The runner sets them, the run store keeps them, the API's schema and OpenAPI document
 state them and the Python client waits on them, all from here. Each vocabulary is a
-`Literal` (what mypy checks) and the tuple of its values in their documented order (what
-code iterates, SQL filters by and the OpenAPI enums list).
+`Literal` (what mypy checks); the tuple of its values in their documented order is here
+for those that code iterates, SQL filters by or the OpenAPI enums list.
 
 Standard library only: the Python client imports it without the server's dependencies.
 """
@@ -14,6 +14,9 @@ from __future__ import annotations
 from typing import Final, Literal, TypeGuard, get_args
 
 # -- runs --------------------------------------------------------------------------------
+
+# `invoke`: answered at once by `/invoke`, recorded afterwards. `batch`: queued by `/runs`.
+RunKind = Literal["invoke", "batch"]
 
 # A run waits in the queue (again when requeued after its process died), runs, then ends
 # in one of the terminal statuses, which it never leaves.
@@ -38,12 +41,10 @@ def is_terminal(status: str) -> TypeGuard[TerminalStatus]:
 # failed, or the run was cancelled) stays `pending`. `cancelled`: an async step that its
 # run's cancel or deadline interrupted.
 StepStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
-STEP_STATUSES: Final[tuple[StepStatus, ...]] = get_args(StepStatus)
 
 # -- the event stream --------------------------------------------------------------------
 
 StepEventKind = Literal["step_started", "step_finished", "step_failed"]
-STEP_EVENT_KINDS: Final[tuple[StepEventKind, ...]] = get_args(StepEventKind)
 
 # A run's stream: `queued` (again when requeued), its steps' progress, then its end.
 EventKind = Literal[Queued, StepEventKind, TerminalStatus]
@@ -53,4 +54,3 @@ EVENT_KINDS: Final[tuple[EventKind, ...]] = get_args(EventKind)
 
 # `pending` until delivered, or `failed` once `webhook_max_attempts` attempts failed.
 WebhookStatus = Literal["pending", "delivered", "failed"]
-WEBHOOK_STATUSES: Final[tuple[WebhookStatus, ...]] = get_args(WebhookStatus)

@@ -8,6 +8,7 @@ def test_public_api_is_pinned() -> None:
         "Pipeline",
         "PipelineDefinitionError",
         "PipeserveError",
+        "ProcessHooks",
         "ServiceError",
         "Settings",
         "Step",

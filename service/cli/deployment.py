@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import httpx
 
 from service.cli.deploy import deployer
 from service.cli.errors import CommandFailed, note
@@ -26,6 +25,7 @@ from service.deployments.local import (
     fetch_info,
     follow_log,
     read_log,
+    talking_to,
 )
 from service.deployments.local import status as deployment_status
 from service.deployments.local import uptime as deployment_uptime
@@ -208,17 +208,16 @@ def _invoke(
 ) -> tuple[Any, APIError | None]:
     """The deployment's answer, and the error it is if it is one (its body is shown too)."""
     timeout = float(record.settings.get("max_timeout") or 3600) + 10
-    try:
-        with Client(record.url, record.api_key(), timeout=timeout) as client:
-            values = parse_parameters(parameters, client.info()["parameters_schema"])
-            try:
-                return client.invoke(values).body, None
-            except APIError as exc:
-                return exc.body, exc
-    except APIError as exc:  # /info refused (a key, say)
-        raise DeploymentError(f"cannot read deployment '{name}': {exc}") from exc
-    except httpx.HTTPError as exc:
-        raise DeploymentError(f"cannot reach deployment '{name}' at {record.url}: {exc}") from exc
+    with (
+        # /info refused (a key, say), or the server out of reach.
+        talking_to(f"deployment '{name}'", f"deployment '{name}' at {record.url}"),
+        Client(record.url, record.api_key(), timeout=timeout) as client,
+    ):
+        values = parse_parameters(parameters, client.info()["parameters_schema"])
+        try:
+            return client.invoke(values).body, None
+        except APIError as exc:
+            return exc.body, exc
 
 
 def _stopped_message(name: str, before: str, clean: bool) -> str:

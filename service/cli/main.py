@@ -7,9 +7,6 @@ raises ends it with one line and its exit code.
 
 from __future__ import annotations
 
-import os
-import sys
-
 import click
 
 from service.cli.deploy import deploy
@@ -17,6 +14,7 @@ from service.cli.deployment import deployment
 from service.cli.errors import ReportingGroup
 from service.cli.k8s import k8s
 from service.cli.keys import keys
+from service.cli.paths import put_cwd_first
 from service.cli.serve import serve
 
 
@@ -24,16 +22,8 @@ from service.cli.serve import serve
 @click.version_option(package_name="pipeserve", prog_name="pipeserve")
 def main() -> None:
     """pipeserve: serve a pipeline of Python steps as an HTTP service."""
-    # Pipeline modules are found as `python -m` finds them: the working directory first.
-    # pipeserve itself is imported already (and runs with `python -P`), so a user's own
-    # `service/` package there cannot shadow it.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    put_cwd_first()
 
 
 for _command in (serve, keys, deploy, deployment, k8s):
     main.add_command(_command)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from service.auth import generate_key, hash_key, hash_setting
-from service.cli.errors import InputError, fail, note
+from service.cli.errors import InputError, note
 from service.cli.options import build_settings, settings_options
 from service.sdk.loader import load_pipeline
 
@@ -48,4 +48,4 @@ def serve(spec: str | None, generate_auth_key: bool, **options: Any) -> None:
         note("auth key generated; it is shown only once")
     from service.cli.server import run_server  # uvicorn and the app: only to serve
 
-    run_server(settings, pipeline, fail)
+    run_server(settings, pipeline)

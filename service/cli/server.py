@@ -27,6 +27,8 @@ import pydantic
 import uvicorn
 from starlette.applications import Starlette
 
+from service.cli.errors import fail
+from service.cli.paths import drop_cwd, put_cwd_first
 from service.observe.logs import configure_logging, flush_logs
 from service.runs.store import StoreError
 from service.server.app import create_app
@@ -112,10 +114,11 @@ def process_hooks() -> ProcessHooks:
 def worker_app() -> Starlette:
     """Factory of each `--workers` process's app (`uvicorn --factory`): settings from the
     environment, which the parent process set."""
+    put_cwd_first()
     try:
         settings = Settings()
     except pydantic.ValidationError as exc:
-        raise SystemExit(f"pipeserve: {describe_error(exc)}") from None
+        fail(describe_error(exc), 1)
     configure_logging(settings.log_level, settings.log_format)
     return create_app(settings=settings, hooks=process_hooks())
 
@@ -134,9 +137,9 @@ def _uvicorn_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def run_server(settings: Settings, pipeline: Any, fail: Callable[[str, int], Any]) -> None:
-    """Serve `pipeline` in the foreground until a signal ends it; `fail(message, code)`
-    reports an app that could not serve, and exits."""
+def run_server(settings: Settings, pipeline: Any) -> None:
+    """Serve `pipeline` in the foreground until a signal ends it; an app that could not
+    serve ends the process through `fail`."""
     configure_logging(settings.log_level, settings.log_format)
     options = _uvicorn_options(settings)
     if settings.workers > 1:
@@ -145,6 +148,7 @@ def run_server(settings: Settings, pipeline: Any, fail: Callable[[str, int], Any
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="pipeserve-metrics-")
         # Each worker process builds its own app from the environment.
         os.environ.update(settings_env(settings.model_dump()))
+        drop_cwd()
         uvicorn.run(
             "service.cli.server:worker_app", factory=True, workers=settings.workers, **options
         )

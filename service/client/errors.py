@@ -19,7 +19,8 @@ RETRY_STATUSES = frozenset(
 )
 
 
-# A server declaration -> the client exception that stands for it (see `APIError`).
+# A server declaration -> the client exception that stands for it (see `APIError`);
+# `error_class` looks up a status's general declaration here.
 _TYPED: dict[type[errors.ServiceError], type[APIError]] = {}
 
 
@@ -130,40 +131,20 @@ class WaitTimeoutError(TimeoutError):
         super().__init__(f"run {run_id} is still {record.get('status')!r}")
 
 
-def _declaration(status: int, error: Mapping[str, Any]) -> type[errors.ServiceError] | None:
-    """The server declaration an answer stands for: by its `error.type`, if we declare
-    that type at that status; else (a body not ours, a type we do not declare) by status."""
-    declared = errors.by_type(str(error.get("type")))
-    if declared is not None and declared.status_code == status:
-        return declared
-    return errors.for_status(status)
-
-
-def _client_class(declared: type[errors.ServiceError] | None) -> type[APIError] | None:
-    """The client class of a declaration, or of its nearest base of the same status (a
-    refinement such as `malformed_json` answers as its base `bad_request` does)."""
-    if declared is None:
-        return None
-    for base in declared.__mro__:
-        if not issubclass(base, errors.ServiceError) or base.status_code != declared.status_code:
-            return None
-        if base in _TYPED:
-            return _TYPED[base]
-    return None
-
-
 def error_class(status: int, body: Mapping[str, Any]) -> type[APIError]:
-    """The client exception of an error answer."""
+    """The client exception of an error answer: that of the status its `error.type` is
+    declared at (a refinement, e.g. `malformed_json`, answers as that status's general
+    declaration, `bad_request`), else of its status (a body not ours, a type not declared).
+    A step's failure is typed by the step's exception class, not declared: a 500 that
+    names a `step` is one."""
     error = body.get("error")
     error = error if isinstance(error, dict) else {}
-    cls = _client_class(_declaration(status, error))
-    # A step's failure is typed by the step's exception class, which is not declared:
-    # a 500 that names a step is one (another 500, e.g. an output JSON cannot carry, does not).
-    if cls is ServerError and status == errors.StepFailed.status_code and error.get("step"):
+    if status == errors.StepFailed.status_code and error.get("step"):
         return StepFailedError
-    if cls is None:
-        return ServerError if status >= 500 else APIError
-    return cls
+    declared = errors.by_type(str(error.get("type")))
+    general = errors.for_status(declared.status_code if declared else status)
+    cls = _TYPED.get(general) if general is not None else None
+    return cls or (ServerError if status >= 500 else APIError)
 
 
 def error_for(response: httpx.Response) -> APIError:

@@ -7,8 +7,9 @@ user set before stays unless set again; secrets come back from `<name>.secrets`.
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ import psutil
 
 from service.auth import generate_key, hash_key
 from service.client import APIError, Client
-from service.deployments.launch import Launch, Launcher, server_env
+from service.deployments.launch import Launch, server_env, start
 from service.deployments.processes import find_process, status, stop_process
 from service.deployments.records import (
     SECRET_SETTINGS,
@@ -38,7 +39,8 @@ class DeployResult:
 
 @dataclass(frozen=True)
 class _Running:
-    """A deployment's record and its server process, found running."""
+    """A deployment's record and its server process, found running: the record is the
+    old one, paired with its process so that one None check stands for both."""
 
     record: DeploymentRecord
     proc: psutil.Process
@@ -83,8 +85,11 @@ class Deployer:
         if running is not None and port:
             self._stop_before_start(running, port)
         host = str(settings.get("host") or "127.0.0.1")
-        launch = Launch(name, spec, host, port, env, settings, self.store.log_path(name))
-        record = Launcher(self.python, self.ready_timeout, self.notify).start(launch)
+        log_path = self.store.log_path(name)
+        launch = Launch(
+            name, spec, host, port, env, settings, log_path, self.python, self.ready_timeout
+        )
+        record = start(launch, self.notify)
         self._save(record, key, key_hash)
         if running is not None and not port:
             # The new process serves (and is recorded) before the old one goes.
@@ -190,10 +195,20 @@ class Deployer:
         return before, stop_process(proc, record.stop_timeout if timeout is None else timeout)
 
 
+@contextlib.contextmanager
+def talking_to(read: str, reach: str | None = None) -> Iterator[None]:
+    """The client's errors as a `DeploymentError`: an error answer as `cannot read READ`,
+    no answer (the connection, a timeout) as `cannot reach REACH` (or READ's)."""
+    try:
+        yield
+    except APIError as exc:
+        raise DeploymentError(f"cannot read {read}: {exc}") from exc
+    except httpx.HTTPError as exc:
+        where = f"reach {reach}" if reach is not None else f"read {read}"
+        raise DeploymentError(f"cannot {where}: {exc}") from exc
+
+
 def fetch_info(url: str, api_key: str | None) -> dict[str, Any]:
     """The deployment's GET /info document, through the Python client."""
-    try:
-        with Client(url, api_key, timeout=10, retries=0) as client:
-            return client.info()
-    except (httpx.HTTPError, APIError) as exc:
-        raise DeploymentError(f"cannot read {url}/info: {exc}") from exc
+    with talking_to(f"{url}/info"), Client(url, api_key, timeout=10, retries=0) as client:
+        return client.info()

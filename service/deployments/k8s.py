@@ -16,16 +16,13 @@ Its modules: `k8s_options` (what `pipeserve k8s render` takes, checked), `k8s_ob
 objects), `k8s_output` (YAML on stdout, or a directory of files).
 """
 
-from service.deployments.k8s_objects import Renderer, image_version, label_value, render
+from service.deployments.k8s_objects import render
 from service.deployments.k8s_options import K8sOptions, ManifestError
 from service.deployments.k8s_output import stale_files, to_yaml, write_directory
 
 __all__ = [
     "K8sOptions",
     "ManifestError",
-    "Renderer",
-    "image_version",
-    "label_value",
     "render",
     "stale_files",
     "to_yaml",

@@ -58,7 +58,8 @@ def server_env(
 
 @dataclass(frozen=True)
 class Launch:
-    """One server to start for deployment `name`; `port` None or 0 is a free one."""
+    """One server to start for deployment `name` with `python`, ready within
+    `ready_timeout` seconds; `port` None or 0 is a free one."""
 
     name: str
     spec: str
@@ -67,81 +68,75 @@ class Launch:
     env: dict[str, str]
     settings: dict[str, Any]
     log_path: Path
-
-
-@dataclass(frozen=True)
-class Launcher:
-    """Starts servers with `python`, waiting up to `ready_timeout` for each one's /ready."""
-
     python: str
     ready_timeout: float
-    notify: Callable[[str], None]
 
-    def start(self, launch: Launch) -> DeploymentRecord:
-        """Start the server and wait until it is ready: its record, not saved yet."""
-        tries = 1 if launch.port else _PORT_TRIES
-        for attempt in range(1, tries + 1):
-            chosen = launch.port or free_port(launch.host)
-            try:
-                return self._start_once(launch, chosen)
-            except StartFailed as exc:
-                if not exc.port_taken or attempt == tries:
-                    raise
-                self.notify(f"port {chosen} was taken meanwhile; trying another")
-        raise AssertionError("unreachable")
 
-    def _start_once(self, launch: Launch, port: int) -> DeploymentRecord:
-        launch.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        env = {**launch.env, "PIPESERVE_HOST": launch.host, "PIPESERVE_PORT": str(port)}
-        cwd = os.getcwd()
-        with launch.log_path.open("ab") as log:
-            offset = log.tell()
-            # A session of its own: the server outlives this command, ignores the terminal's
-            # Ctrl-C, and one killpg reaches all its processes.
-            proc = subprocess.Popen(
-                [self.python, "-P", "-m", "service", "serve", launch.spec],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=cwd,
-                start_new_session=True,
-            )
-        url = url_for(launch.host, port)
+def start(launch: Launch, notify: Callable[[str], None]) -> DeploymentRecord:
+    """Start the server and wait until it is ready: its record, not saved yet."""
+    tries = 1 if launch.port else _PORT_TRIES
+    for attempt in range(1, tries + 1):
+        chosen = launch.port or free_port(launch.host)
         try:
-            self._wait_ready(proc, url, launch.log_path, offset)
-        except BaseException:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                stop_process(psutil.Process(proc.pid), 10)
-            proc.wait()
-            raise
-        return DeploymentRecord(
-            name=launch.name,
-            pipeline=launch.spec,
-            host=launch.host,
-            port=port,
-            port_fixed=bool(launch.port),
-            url=url,
-            log_file=str(launch.log_path),
+            return _start_once(launch, chosen)
+        except StartFailed as exc:
+            if not exc.port_taken or attempt == tries:
+                raise
+            notify(f"port {chosen} was taken meanwhile; trying another")
+    raise AssertionError("unreachable")
+
+
+def _start_once(launch: Launch, port: int) -> DeploymentRecord:
+    launch.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    env = {**launch.env, "PIPESERVE_HOST": launch.host, "PIPESERVE_PORT": str(port)}
+    cwd = os.getcwd()
+    with launch.log_path.open("ab") as log:
+        offset = log.tell()
+        # A session of its own: the server outlives this command, ignores the terminal's
+        # Ctrl-C, and one killpg reaches all its processes.
+        proc = subprocess.Popen(
+            [launch.python, "-P", "-m", "service", "serve", launch.spec],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
             cwd=cwd,
-            pid=proc.pid,
-            process_created=psutil.Process(proc.pid).create_time(),
-            started_at=datetime.now(UTC).isoformat(),
-            settings=launch.settings,
+            start_new_session=True,
         )
+    url = url_for(launch.host, port)
+    try:
+        _wait_ready(proc, url, launch, offset)
+    except BaseException:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            stop_process(psutil.Process(proc.pid), 10)
+        proc.wait()
+        raise
+    return DeploymentRecord(
+        name=launch.name,
+        pipeline=launch.spec,
+        host=launch.host,
+        port=port,
+        port_fixed=bool(launch.port),
+        url=url,
+        log_file=str(launch.log_path),
+        cwd=cwd,
+        pid=proc.pid,
+        process_created=psutil.Process(proc.pid).create_time(),
+        started_at=datetime.now(UTC).isoformat(),
+        settings=launch.settings,
+    )
 
-    def _wait_ready(
-        self, proc: subprocess.Popen[bytes], url: str, log_path: Path, offset: int
-    ) -> None:
-        try:
-            wait_ready(proc, url, self.ready_timeout, interval=0.1)
-        except ExitedEarly as exc:
-            tail = log_tail(log_path, 30, offset)
-            taken = any("address already in use" in line.lower() for line in tail)
-            raise StartFailed(str(exc), tail, taken) from None
-        except TimeoutError:
-            raise StartFailed(
-                f"the server was not ready at {url}/ready within "
-                f"{self.ready_timeout:g} s; stopped it",
-                log_tail(log_path, 30, offset),
-            ) from None
+
+def _wait_ready(proc: subprocess.Popen[bytes], url: str, launch: Launch, offset: int) -> None:
+    try:
+        wait_ready(proc, url, launch.ready_timeout, interval=0.1)
+    except ExitedEarly as exc:
+        tail = log_tail(launch.log_path, 30, offset)
+        taken = any("address already in use" in line.lower() for line in tail)
+        raise StartFailed(str(exc), tail, taken) from None
+    except TimeoutError:
+        raise StartFailed(
+            f"the server was not ready at {url}/ready within "
+            f"{launch.ready_timeout:g} s; stopped it",
+            log_tail(launch.log_path, 30, offset),
+        ) from None

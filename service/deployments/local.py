@@ -13,35 +13,23 @@ server), `logfiles` (a server's log), `launch` (starting one server until it is 
 `deployer` (deploy, update, deprovision, delete).
 """
 
-from service.deployments.deployer import Deployer, DeployResult, fetch_info
+from service.deployments.deployer import Deployer, fetch_info, talking_to
 from service.deployments.launch import StartFailed
 from service.deployments.logfiles import follow_log, log_tail, read_log
-from service.deployments.processes import find_process, status, stop_process, uptime
-from service.deployments.records import (
-    MASK,
-    SECRET_SETTINGS,
-    DeploymentError,
-    DeploymentRecord,
-    DeploymentStore,
-    Status,
-)
+from service.deployments.processes import status, uptime
+from service.deployments.records import DeploymentError, DeploymentRecord, DeploymentStore
 
 __all__ = [
-    "MASK",
-    "SECRET_SETTINGS",
-    "DeployResult",
     "Deployer",
     "DeploymentError",
     "DeploymentRecord",
     "DeploymentStore",
     "StartFailed",
-    "Status",
     "fetch_info",
-    "find_process",
     "follow_log",
     "log_tail",
     "read_log",
     "status",
-    "stop_process",
+    "talking_to",
     "uptime",
 ]

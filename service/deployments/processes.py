@@ -56,6 +56,9 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 
 def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Those of `procs` still alive after up to `timeout` seconds. Not `psutil.wait_procs`:
+    it waits for a zombie that is not our child until its parent reaps it, and an init that
+    reaps nothing (a container's, often) never does; a zombie has exited all the same."""
     deadline = time.monotonic() + timeout
     alive = [p for p in procs if _alive(p)]
     while alive and time.monotonic() < deadline:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -40,8 +41,11 @@ class StoreCalls:
         try:
             result = await loop.run_in_executor(self._db, functools.partial(func, *args))
         except Exception as exc:
+            # A refusal (a constraint, a bad value) is an answer: the store is reachable.
             if is_transient(exc):
                 self.health.failed(exc)
+            else:
+                self.health.ok()
             raise
         self.health.ok()
         return result
@@ -72,8 +76,15 @@ class StoreCalls:
         self._db.shutdown(wait=False)
 
 
-async def until_done(attempt: Callable[[], Awaitable[T]]) -> T:
-    """`attempt` until it does not fail for the database being out of reach."""
+async def until_done(
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    give_up_at: float | None = None,
+    max_wait: float = MAX_FINAL_WRITE_BACKOFF,
+) -> T:
+    """`attempt` until it does not fail for the database being out of reach, with backoff
+    (at most `max_wait` between two tries). Any other failure is raised, and so is that
+    one when the next try would start past `give_up_at` (epoch seconds), if given."""
     wait = 0.1
     while True:
         try:
@@ -81,5 +92,7 @@ async def until_done(attempt: Callable[[], Awaitable[T]]) -> T:
         except Exception as exc:
             if not is_transient(exc):
                 raise
+            if give_up_at is not None and time.time() + wait > give_up_at:
+                raise
             await asyncio.sleep(wait)
-            wait = min(MAX_FINAL_WRITE_BACKOFF, wait * 2)
+            wait = min(max_wait, wait * 2)

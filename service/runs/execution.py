@@ -45,7 +45,7 @@ class ActiveRun:
     webhook_url: str | None
     next_event_id: int
     # The attempt this process claimed: its own end replaces a recovery guess of it.
-    attempt: int | None = None
+    attempt: int
     events: list[NewEvent] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)

@@ -17,6 +17,7 @@ from service.observe.metrics import Metrics
 from service.runs.calls import StoreCalls
 from service.runs.execution import ActiveRun
 from service.runs.store import RunStore, is_transient
+from service.runs.waiting import forever
 from service.settings import Settings
 
 logger = logging.getLogger("pipeserve.runs")
@@ -78,13 +79,11 @@ class LeaseKeeper:
 
     async def recovery(self) -> None:
         """Recover expired leases, every `poll_interval`."""
-        while True:
-            try:
-                await self.recover()
-            except Exception as exc:
-                if not is_transient(exc):
-                    logger.exception("recovering runs of dead processes failed; will retry")
-            await asyncio.sleep(self.settings.poll_interval)
+        await forever(
+            self.recover,
+            lambda: asyncio.sleep(self.settings.poll_interval),
+            "recovering runs of dead processes failed; will retry",
+        )
 
     async def recover(self) -> None:
         requeued, failed = await self.calls.call(

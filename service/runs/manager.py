@@ -61,7 +61,7 @@ from service.sdk.pipeline import Pipeline
 from service.sdk.requests import InvokeRequestData, RequestModels
 from service.sdk.runner import Runner
 from service.settings import Settings
-from service.status import TERMINAL
+from service.status import is_terminal
 
 __all__ = ["CURSOR_PATTERN", "RunManager", "decode_cursor", "encode_cursor"]
 
@@ -111,7 +111,6 @@ class RunManager:
             self._calls.call,
             lambda: self._dispatch.changed_steps(),
             metrics,
-            self.health,
         )
         # What /invoke calls with each finished run: the hot path's only cost of recording.
         self.record = self.recorder.record if settings.record_invocations else _not_recorded
@@ -163,9 +162,6 @@ class RunManager:
         await self._calls.call(self.store.close)
         self._calls.shutdown()
 
-    async def flush(self) -> None:
-        await self.recorder.flush()
-
     # -- submit and cancel ------------------------------------------------------------
 
     async def submit(
@@ -212,7 +208,7 @@ class RunManager:
     async def cancel(self, run_id: str) -> tuple[Run, bool]:
         """Cancel a run. Returns (run, done): not done while a sync step must still finish."""
         run = await self.require(run_id)
-        if run.status in TERMINAL:
+        if is_terminal(run.status):
             raise Conflict(f"run '{run_id}' has already ended: it {run.status}", status=run.status)
         if run.status == "queued":
             webhook = bool(run.webhook_url) and self._outbox is not None
@@ -231,11 +227,11 @@ class RunManager:
             wait_until = time.time() + self.settings.run_lease / 3 + CANCEL_WAIT
             while time.time() < wait_until:
                 run = await self.require(run_id)
-                if run.status in TERMINAL:
+                if is_terminal(run.status):
                     break
                 await asyncio.sleep(0.2)
         run = await self.require(run_id)
-        return run, run.status in TERMINAL
+        return run, is_terminal(run.status)
 
     # -- reading --------------------------------------------------------------------
 
@@ -265,7 +261,7 @@ class RunManager:
         # This process's own records first, so that the page has them; if the database
         # is out, the read below answers 503.
         with contextlib.suppress(Exception):
-            await self.flush()
+            await self.recorder.flush()
         found = await self._calls.answer(self.store.list_runs, status, limit + 1, before)
         next_cursor = None
         if len(found) > limit:
@@ -275,9 +271,9 @@ class RunManager:
             next_cursor = encode_cursor(last.created_at, last.seq)
         return [render(r, with_outputs=False) for r in found], next_cursor
 
-    async def events(self, run_id: str, after: int) -> AsyncIterator[NewEvent]:
-        """The run's events after `after`: the past ones, then live ones until its end."""
-        run = await self.require(run_id)
+    async def events(self, run: Run, after: int) -> AsyncIterator[NewEvent]:
+        """The run's events after `after`: the past ones, then live ones until its end.
+        `run` as `require` read it (the caller's 404 comes before the stream starts)."""
         async for event in self._streams.follow(run, after):
             yield event
 

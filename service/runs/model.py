@@ -12,12 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal, Required, TypedDict
+from typing import Any, Final, Required, TypedDict
 
-from service.status import RunStatus, StepStatus, WebhookStatus
-
-# `invoke`: answered at once by `/invoke`, recorded afterwards. `batch`: queued by `/runs`.
-RunKind = Literal["invoke", "batch"]
+from service.status import RunKind, RunStatus, StepStatus, WebhookStatus
 
 
 class StepInfo(TypedDict):
@@ -117,11 +114,6 @@ class Run:
     # When lease recovery ended or requeued the run on a guess that its process had died;
     # cleared when that process's own end arrives after all (see `RunStore.finish`).
     recovered_at: float | None = None
-
-    @classmethod
-    def of(cls, row: Mapping[str, Any]) -> Run:
-        """The run of a row the store read, or of a `FinishedRun` not written yet."""
-        return cls(**row)
 
 
 @dataclass(frozen=True, slots=True)

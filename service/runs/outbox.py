@@ -14,9 +14,9 @@ import time
 from service.runs.calls import StoreCalls
 from service.runs.model import Run
 from service.runs.records import render
-from service.runs.store import RunStore, is_transient
+from service.runs.store import RunStore
 from service.runs.tasks import BackgroundTasks
-from service.runs.waiting import wait_and_clear
+from service.runs.waiting import forever, wait_and_clear
 from service.runs.webhooks import WebhookSender, backoff
 from service.sdk.serialize import dumps
 from service.settings import Settings
@@ -47,13 +47,11 @@ class WebhookOutbox:
 
     async def run(self) -> None:
         """Claim the webhooks due, every `poll_interval` or when woken, and deliver each."""
-        while True:
-            try:
-                await self.deliver_due()
-            except Exception as exc:
-                if not is_transient(exc):
-                    logger.exception("claiming webhooks to deliver failed; will retry")
-            await wait_and_clear(self._due, self.settings.poll_interval)
+        await forever(
+            self.deliver_due,
+            lambda: wait_and_clear(self._due, self.settings.poll_interval),
+            "claiming webhooks to deliver failed; will retry",
+        )
 
     async def deliver_due(self) -> None:
         # Held long enough for a delivery with its timeout; then another replica may try.

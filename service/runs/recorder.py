@@ -21,9 +21,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from service.observe.metrics import Metrics
+from service.runs.calls import until_done
 from service.runs.model import FinishedRun, NewEvent, Run, Steps
 from service.runs.records import Deployment, invocation_row
-from service.runs.store import RunStore, StoreHealth, is_transient
+from service.runs.store import RunStore
+from service.runs.store_health import first_line, is_transient
 from service.sdk.requests import InvokeRequestData
 from service.sdk.runner import Invocation
 
@@ -52,13 +54,12 @@ class Recorder:
         call: Call,
         progress: Callable[[], Mapping[str, Steps]],
         metrics: Metrics,
-        health: StoreHealth,
     ) -> None:
         self.store = store
         self.deployment = deployment
         self.max_output_bytes = max_output_bytes
         self.metrics = metrics
-        self.health = health
+        # `StoreCalls.call`: it keeps each call's outcome as the store's health.
         self._call = call
         # Step records of running batch runs that changed since the last flush.
         self._progress = progress
@@ -87,7 +88,7 @@ class Recorder:
     def pending_run(self, run_id: str) -> Run | None:
         """An `/invoke` run not written yet, as the store will have it."""
         entry = self._recorded.get(run_id) or self._writing.get(run_id)
-        return Run.of(self._row(entry)) if entry is not None else None
+        return Run(**self._row(entry)) if entry is not None else None
 
     def _row(self, entry: Entry) -> FinishedRun:
         inv, data, deadline, steps = entry
@@ -142,10 +143,7 @@ class Recorder:
                     if is_transient(exc):
                         raise
                     await self._write_one_by_one(finished, new_events, progress, exc)
-                self.health.ok()
-            except BaseException as exc:
-                if isinstance(exc, Exception) and is_transient(exc):
-                    self.health.failed(exc)
+            except BaseException:
                 kept = {run_id: recorded[run_id] for run_id in finished}
                 self._recorded = {**kept, **self._recorded}
                 self._events = new_events + self._events
@@ -156,20 +154,13 @@ class Recorder:
     async def last_flush(self, give_up_at: float) -> None:
         """Write what the buffer holds before the process exits; through a short outage
         of the database too, but never past `give_up_at`."""
-        wait = 0.1
-        while True:
-            try:
-                await self.flush()
-                return
-            except Exception as exc:
-                if not is_transient(exc) or time.time() + wait > give_up_at:
-                    logger.error(
-                        "could not write the last run records at shutdown; they are lost",
-                        extra={"error": str(exc).splitlines()[0] if str(exc) else repr(exc)},
-                    )
-                    return
-                await asyncio.sleep(wait)
-                wait = min(1.0, wait * 2)
+        try:
+            await until_done(self.flush, give_up_at=give_up_at, max_wait=1.0)
+        except Exception as exc:
+            logger.error(
+                "could not write the last run records at shutdown; they are lost",
+                extra={"error": first_line(exc)},
+            )
 
     def _prepare(self, recorded: Mapping[str, Entry]) -> dict[str, Any]:
         """Each record as the store writes it; a value JSON cannot carry is left out."""
@@ -200,7 +191,7 @@ class Recorder:
         """The database refused the batch: find the records it refuses, write the rest."""
         logger.warning(
             "the run store refused a batch of records; writing them one at a time",
-            extra={"error": str(cause).splitlines()[0] if str(cause) else type(cause).__name__},
+            extra={"error": first_line(cause)},
         )
         by_run: dict[str, list[NewEvent]] = {}
         for event in new_events:
@@ -217,4 +208,4 @@ class Recorder:
             except Exception as exc:
                 if is_transient(exc):
                     raise
-                self._drop("refused", run_id=run_id, error=str(exc).splitlines()[0])
+                self._drop("refused", run_id=run_id, error=first_line(exc))

@@ -8,7 +8,8 @@ import logging
 import time
 
 from service.runs.calls import StoreCalls
-from service.runs.store import PRUNE_BATCH, RunStore, is_transient
+from service.runs.store import PRUNE_BATCH, RunStore
+from service.runs.waiting import forever
 from service.settings import Settings
 
 logger = logging.getLogger("pipeserve.runs")
@@ -24,16 +25,17 @@ class Retention:
         self.calls = calls
 
     async def run(self) -> None:
-        while True:
-            try:
-                pruned = await self.prune(time.time())
-            except Exception as exc:
-                pruned = 0
-                if not is_transient(exc):
-                    logger.exception("pruning finished runs failed; will retry")
-            if pruned:
-                logger.info("pruned finished runs", extra={"pruned": pruned})
-            await asyncio.sleep(self.settings.retention_interval)
+        """Prune, every `retention_interval`."""
+        await forever(
+            self._prune_now,
+            lambda: asyncio.sleep(self.settings.retention_interval),
+            "pruning finished runs failed; will retry",
+        )
+
+    async def _prune_now(self) -> None:
+        pruned = await self.prune(time.time())
+        if pruned:
+            logger.info("pruned finished runs", extra={"pruned": pruned})
 
     async def prune(self, now: float) -> int:
         """Delete what retention says, a batch a transaction, pausing between batches so

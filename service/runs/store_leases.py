@@ -15,7 +15,6 @@ from service.runs.database import Database
 from service.runs.model import NewEvent, RunEnd, Steps
 from service.runs.store_outbox import webhook_due
 from service.runs.tables import runs
-from service.status import ACTIVE
 
 
 def interrupted_values(
@@ -73,12 +72,12 @@ class LeaseQueries(Database):
     def finish(
         self,
         run_id: str,
-        owner: str | None,
+        owner: str,
         values: RunEnd,
         event: NewEvent,
         attempt: int | None = None,
     ) -> bool:
-        """Record a run's end and its terminal event, if it is still ours (or still queued).
+        """Record a run's end and its terminal event, if it is still ours.
 
         The run's own end wins over lease recovery's guess: a run that recovery failed as
         `interrupted`, or requeued without anyone claiming it since, while its process was
@@ -115,7 +114,7 @@ class LeaseQueries(Database):
             ).all()
             for row in expired:
                 if requeue:
-                    _requeue(conn, row.run_id, now, recovered=True)
+                    _requeue(conn, row.run_id, now)
                     requeued.append(row.run_id)
                     continue
                 values = interrupted_values(now, row.started_at, row.steps, bool(row.webhook_url))
@@ -136,11 +135,8 @@ class LeaseQueries(Database):
             return _requeue(conn, run_id, now, owner)
 
 
-def _still_ours(owner: str | None, attempt: int | None) -> Any:
-    """The run's row, if the end of this process's attempt at it still counts (`finish`).
-    No owner: a run that never left the queue."""
-    if owner is None:
-        return runs.c.status.in_(ACTIVE)
+def _still_ours(owner: str, attempt: int | None) -> Any:
+    """The run's row, if the end of this process's attempt at it still counts (`finish`)."""
     mine = sa.and_(runs.c.owner == owner, runs.c.status == "running")
     if attempt is None:
         return mine
@@ -157,10 +153,9 @@ def _still_ours(owner: str | None, attempt: int | None) -> Any:
     )
 
 
-def _requeue(
-    conn: Connection, run_id: str, now: float, owner: str | None = None, recovered: bool = False
-) -> bool:
-    """Back to `queued`, as if never started, with a `queued` event saying so."""
+def _requeue(conn: Connection, run_id: str, now: float, owner: str | None = None) -> bool:
+    """Back to `queued`, as if never started, with a `queued` event saying so. By its
+    `owner` (`release`), or with none by lease recovery, which marks it `recovered_at`."""
     where = [runs.c.run_id == run_id, runs.c.status == "running"]
     if owner is not None:
         where.append(runs.c.owner == owner)
@@ -168,7 +163,7 @@ def _requeue(
         runs.update()
         .where(*where)
         .values(status="queued", owner=None, lease_expires_at=None, started_at=None,
-                steps=None, updated_at=now, recovered_at=now if recovered else None)
+                steps=None, updated_at=now, recovered_at=now if owner is None else None)
     ).rowcount  # fmt: skip
     if done:
         data = {"run_id": run_id, "status": "queued", "requeued": True, "at": now}

@@ -16,7 +16,7 @@ from service.runs.model import NewEvent, Run
 from service.runs.records import invocation_events
 from service.runs.store import RunStore
 from service.runs.waiting import wait_events
-from service.status import TERMINAL
+from service.status import is_terminal
 
 # How often a stream of a run that another process executes looks at the store.
 STREAM_POLL = 0.5
@@ -49,11 +49,11 @@ class EventStreams:
                     last = event.event_id
                 # A terminal event followed by others was lease recovery's guess, which
                 # the run's own end replaced: the stream ends with the last word.
-                if stored and stored[-1].kind in TERMINAL:
+                if stored and is_terminal(stored[-1].kind):
                     return
                 # Ended before the stream began, and nothing after `after` (a Last-Event-ID
                 # at or past its end): nothing more will come.
-                if not stored and active is None and run.status in TERMINAL:
+                if not stored and active is None and is_terminal(run.status):
                     return
                 replayed = True
             if active is not None:
@@ -61,7 +61,7 @@ class EventStreams:
                     if event.event_id > last:
                         yield event
                         last = event.event_id
-                        if event.kind in TERMINAL:
+                        if is_terminal(event.kind):
                             return
                 if active.finished and active.done.is_set():
                     replayed = False  # read the store once more for the end

@@ -72,7 +72,7 @@ _INSERTED: Final = tuple(c.name for c in runs.c if c.name != "seq")
 
 def run_of(row: sa.Row[Any]) -> Run:
     """A row the store read (all columns, or `SUMMARY`'s), as a run."""
-    return Run.of(row._asdict())
+    return Run(**row._asdict())
 
 
 def inserted(run: Run) -> dict[str, Any]:

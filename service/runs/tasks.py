@@ -8,7 +8,7 @@ also cancels whatever is left at shutdown.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from typing import Any
 
 
@@ -23,13 +23,6 @@ class BackgroundTasks:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-    def __iter__(self) -> Iterator[asyncio.Task[Any]]:
-        # A copy: tasks that end meanwhile leave the set.
-        return iter(list(self._tasks))
-
-    def __len__(self) -> int:
-        return len(self._tasks)
 
     async def cancel(self) -> None:
         """Cancel every task left, and wait until they have all ended."""

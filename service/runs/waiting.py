@@ -1,8 +1,31 @@
-"""Waiting on `asyncio.Event`s with a timeout: how the run loops sleep until woken."""
+"""How the run loops go on: a piece of work tried again and again, and waiting on
+`asyncio.Event`s with a timeout, to sleep until woken."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import NoReturn
+
+from service.runs.store_health import is_transient
+
+logger = logging.getLogger("pipeserve.runs")
+
+
+async def forever(
+    work: Callable[[], Awaitable[object]], pause: Callable[[], Awaitable[object]], failed: str
+) -> NoReturn:
+    """`work`, then `pause`, and again, until cancelled. A failure of `work` never ends
+    the loop: it is logged as `failed`, unless it is the database being out of reach
+    (the store's health tells that once, not at every try)."""
+    while True:
+        try:
+            await work()
+        except Exception as exc:
+            if not is_transient(exc):
+                logger.exception(failed)
+        await pause()
 
 
 async def wait_and_clear(event: asyncio.Event, timeout: float) -> None:

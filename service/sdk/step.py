@@ -127,6 +127,10 @@ class Step(Generic[F]):
                 continue
             self.inputs[param.name] = Parameter(param.name, annotation, param.default)
         self.output_names = _output_names(self.name, hints.get("return", Any))
+        # What a pipeline passes: every parameter but the StepContext, which the runner does.
+        self.call_signature = self.signature.replace(
+            parameters=[p for p in self.signature.parameters.values() if p.name in self.inputs]
+        )
 
     # Inside a pipeline function a call returns a handle on the step's output(s), which the
     # pipeline can only pass on to other steps or return. It is typed as the output it
@@ -136,9 +140,9 @@ class Step(Generic[F]):
     #
     # A StepContext parameter is the runner's to pass: first, second or third, it is left
     # out of what a pipeline passes. The inputs before it can then only be passed by
-    # position (a ParamSpec cannot keep their names), those after it by keyword (the type
-    # checker cannot tell: the tracer can, at load time). A first parameter typed `Any` or
-    # `object` matches a StepContext too: such a step may also be called without it.
+    # position (a ParamSpec cannot keep their names); those after it, either way. A first
+    # parameter typed `Any` or `object` matches a StepContext too: such a step may also be
+    # called without it.
     #
     # (The inputs before it are spelled `__a1`, positional-only in the pre-PEP 570 way: with
     # `/`, mypy finds the implementation below unable to take those overloads.)

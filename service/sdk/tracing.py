@@ -52,15 +52,17 @@ class Tracer:
         call_id = kwargs.pop("id", None) if "id" not in step.inputs else None
         after = kwargs.pop("after", None) if "after" not in step.inputs else None
         name = self._name_for(step, call_id)
-        try:
-            bound = step.signature.bind_partial(*args, **kwargs)
-        except TypeError as exc:
-            raise PipelineDefinitionError(f"step '{name}': {exc}") from exc
-        if step.context_parameter in bound.arguments:
+        if step.context_parameter in kwargs:
             raise PipelineDefinitionError(
                 f"step '{name}': '{step.context_parameter}' is the StepContext; "
                 "pipeserve passes it, the pipeline must not"
             )
+        try:
+            # Without the StepContext: the pipeline passes the other inputs, by position
+            # or by name, as the step's type (`Step.__call__`) says.
+            bound = step.call_signature.bind_partial(*args, **kwargs)
+        except TypeError as exc:
+            raise PipelineDefinitionError(f"step '{name}': {exc}") from exc
         for arg_name, value in bound.arguments.items():
             if not isinstance(value, (OutputHandle, PipelineParameter)) and _holds_handle(value):
                 raise PipelineDefinitionError(

@@ -28,10 +28,10 @@ from service.sdk.serialize import dumps
 
 # Probes and the scrape stay out of limits, auth and the access log.
 PROBES = frozenset({"/health", "/ready"})
-QUIET = frozenset({"/health", "/ready", "/metrics"})
+QUIET = PROBES | {"/metrics"}
 # Paths a browser must load before it can ask for a key: the probes, the dashboard and
 # the API docs pages, and their static assets (under PUBLIC_PREFIX); they hold no data.
-PUBLIC = frozenset({"/health", "/ready", "/", "/docs"})
+PUBLIC = PROBES | {"/", "/docs"}
 PUBLIC_PREFIX = "/ui/"
 
 logger = logging.getLogger("pipeserve.app")

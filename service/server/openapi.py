@@ -126,7 +126,7 @@ class _Document:
         media: dict[str, Any] = {"schema": {"$ref": self._ref(model)}}
         # A pipeline with a required parameter needs a body; with none, `{}` is the default.
         required = self.models.has_required if op.body_required is None else op.body_required
-        if op.body_required is None and self.example is not None:
+        if op.example and self.example is not None:
             media["example"] = self.example
         return {"required": required, "content": {"application/json": media}}
 

@@ -2,7 +2,8 @@
 
 The app's Starlette routes and the OpenAPI document are both derived from it (`starlette_
 routes` here, `openapi.build_openapi`), so a route cannot be served without being
-documented, or documented with another path, method or set of errors than it has.
+documented, or documented with another path or method than it has. The errors an
+operation may answer are listed with it; what each means comes from `service.errors`.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from service.runs.manager import CURSOR_PATTERN
 from service.server.about import About
 from service.server.invoke import Invoker
 from service.server.runs_routes import (
+    DEFAULT_PAGE,
     MAX_EVENT_ID,
     MAX_KEY_LENGTH,
     MAX_PAGE,
     RUN_ID_LENGTH,
     RUN_ID_PATTERN,
+    RUN_ROUTE,
     RunsAPI,
 )
 from service.status import EVENT_KINDS, RUN_STATUSES
@@ -59,6 +62,8 @@ class Operation:
     body: str | None = None
     # None: required when the pipeline has a required parameter; else as given.
     body_required: bool | None = None
+    # The body's example, filled from the pipeline's defaults (the pipeline's own models).
+    example: bool = False
     parameters: tuple[dict[str, Any], ...] = ()
 
 
@@ -104,7 +109,7 @@ _LIST_PARAMETERS = (
         "name": "limit",
         "in": "query",
         "required": False,
-        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50},
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE},
     },
     {
         "name": "cursor",
@@ -152,10 +157,11 @@ def route_table(invoker: Invoker, about: About, runs: RunsAPI) -> tuple[Path, ..
             Operation(
                 "POST", invoker.invoke, "invoke", "Run the pipeline and return its outputs",
                 (Reply(200, "InvokeResponse", "The pipeline ran; its outputs."),
-                 Reply(500, "InvokeFailure", "A step raised.")),
+                 Reply(e.StepFailed.status_code, "InvokeFailure", e.StepFailed.description)),
                 errors=(e.BadRequest, e.PayloadTooLarge, e.ValidationFailed,
                         e.ServiceUnavailable, e.DeadlineExceeded),
                 body="invoke",
+                example=True,
             ),
         )),
         Path("/runs", (
@@ -166,12 +172,13 @@ def route_table(invoker: Invoker, about: About, runs: RunsAPI) -> tuple[Path, ..
                 errors=(e.BadRequest, e.PayloadTooLarge, e.ValidationFailed,
                         e.TooManyRequests, e.ServiceUnavailable),
                 body="submit",
+                example=True,
                 parameters=(_IDEMPOTENCY_KEY,),
             ),
             Operation(
                 "GET", runs.list, "list_runs", "Runs, newest first, a page at a time",
                 (Reply(200, "RunList", "A page of runs."),),
-                errors=(e.ValidationFailed,),
+                errors=(e.ValidationFailed, e.StoreUnavailable),
                 parameters=_LIST_PARAMETERS,
             ),
         )),
@@ -179,10 +186,10 @@ def route_table(invoker: Invoker, about: About, runs: RunsAPI) -> tuple[Path, ..
             Operation(
                 "GET", runs.get, "get_run", "A run: its status, steps, outputs or error",
                 (Reply(200, "RunRecord", "The run."),),
-                errors=(e.NotFound,),
+                errors=(e.NotFound, e.StoreUnavailable),
                 parameters=(RUN_ID_PARAMETER,),
             ),
-        ), name="run"),
+        ), name=RUN_ROUTE),
         Path("/runs/{run_id}/events", (
             Operation(
                 "GET", runs.events, "run_events",
@@ -190,7 +197,7 @@ def route_table(invoker: Invoker, about: About, runs: RunsAPI) -> tuple[Path, ..
                 (Reply(200, "", "queued, step_started, step_finished, step_failed, then one "
                        "named after the final status.",
                        content={"text/event-stream": {"schema": _SSE_EVENT}}),),
-                errors=(e.NotFound, e.ValidationFailed),
+                errors=(e.NotFound, e.ValidationFailed, e.StoreUnavailable),
                 parameters=_EVENTS_PARAMETERS,
             ),
         )),
@@ -199,7 +206,7 @@ def route_table(invoker: Invoker, about: About, runs: RunsAPI) -> tuple[Path, ..
                 "POST", runs.cancel, "cancel_run", "Cancel a queued or running run",
                 (Reply(200, "RunRecord", "Cancelled."),
                  Reply(202, "RunRecord", "Cancelling: a sync step must finish first.")),
-                errors=(e.NotFound, e.Conflict),
+                errors=(e.NotFound, e.Conflict, e.StoreUnavailable),
                 parameters=(RUN_ID_PARAMETER,),
             ),
         )),
@@ -219,7 +226,7 @@ def route_table(invoker: Invoker, about: About, runs: RunsAPI) -> tuple[Path, ..
             Operation(
                 "GET", runs.prophecy_status, "prophecy_status", "Prophecy's Pipeline Run Status",
                 (Reply(200, "ProphecyRunStatus", "The run's status."),),
-                errors=(e.NotFound,),
+                errors=(e.NotFound, e.StoreUnavailable),
                 error_model="ProphecyRunStatus",
                 parameters=(RUN_ID_PARAMETER,),
             ),
@@ -256,7 +263,8 @@ def route_table(invoker: Invoker, about: About, runs: RunsAPI) -> tuple[Path, ..
 
 
 def starlette_routes(table: Sequence[Path]) -> list[Route]:
-    """One Starlette route a path: a 405 (and OPTIONS) then says `Allow: GET, POST`."""
+    """One Starlette route a path, taking each of its operations' methods: any other method
+    answers 405 with `Allow` listing them."""
     return [
         Route(
             path.path,
@@ -272,9 +280,12 @@ def _by_method(operations: Sequence[Operation]) -> Endpoint:
     if len(operations) == 1:
         return operations[0].endpoint
     endpoints = {op.method: op.endpoint for op in operations}
+    if "GET" in endpoints:
+        # Starlette routes HEAD to a route that takes GET.
+        endpoints.setdefault("HEAD", endpoints["GET"])
 
     async def endpoint(request: Request) -> Response:
-        # HEAD is routed as GET, as Starlette routes it.
-        return await endpoints.get(request.method, endpoints["GET"])(request)
+        # Only the route's methods get here: Starlette answers any other with 405.
+        return await endpoints[request.method](request)
 
     return endpoint

@@ -20,6 +20,9 @@ from service.server.responses import JSONBody, error_response
 from service.status import ACTIVE, RUN_STATUSES, RunStatus
 
 MAX_PAGE = 500
+DEFAULT_PAGE = 50
+# The name of a run's route, for its `status_url`.
+RUN_ROUTE = "run"
 # The longest Idempotency-Key accepted (the store's column).
 MAX_KEY_LENGTH = 255
 # A run id as `runner.new_run_id` makes them: a version 4 UUID, lowercase. A path id of
@@ -59,7 +62,7 @@ class RunsAPI:
             )  # fmt: skip
         row, created = await self.runs.submit(data, webhook_url=webhook_url, idempotency_key=key)
         request.state.run_id = row.run_id
-        status_url = str(request.url_for("run", run_id=row.run_id))
+        status_url = str(request.url_for(RUN_ROUTE, run_id=row.run_id))
         headers = {"Location": status_url}
         if not created:
             headers["Idempotent-Replayed"] = "true"
@@ -81,7 +84,9 @@ class RunsAPI:
         status = query.get("status")
         if status is not None and status not in RUN_STATUSES:
             raise _query_error("status", f"must be one of {', '.join(RUN_STATUSES)}", "enum")
-        limit = _int_param(query.get("limit"), ["query", "limit"], default=50, high=MAX_PAGE, low=1)
+        limit = _int_param(
+            query.get("limit"), ["query", "limit"], default=DEFAULT_PAGE, high=MAX_PAGE, low=1
+        )
         # An empty cursor is no cursor this server gave out: 422, as any other.
         found, next_cursor = await self.runs.list_runs(status, limit, query.get("cursor"))
         return JSONBody({"runs": found, "next_cursor": next_cursor})
@@ -100,10 +105,10 @@ class RunsAPI:
         header = request.headers.get("last-event-id")
         if header is not None:
             after = _int_param(header, ["header", "Last-Event-ID"], default=0, high=MAX_EVENT_ID)
-        await self.runs.require(run_id)  # a 404 before the stream starts
+        run = await self.runs.require(run_id)  # a 404 before the stream starts
 
         async def stream() -> AsyncIterator[ServerSentEvent]:
-            async for event in self.runs.events(run_id, after):
+            async for event in self.runs.events(run, after):
                 yield ServerSentEvent(
                     data=dumps(event.data).decode(), event=event.kind, id=str(event.event_id)
                 )

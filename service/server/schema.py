@@ -6,7 +6,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.status import RunStatus, StepStatus, WebhookStatus
+from service.status import RunKind, RunStatus, StepStatus, WebhookStatus
 
 
 class StepRunInfo(BaseModel):
@@ -106,7 +106,7 @@ class RunRecord(BaseModel):
     """A run, batch or `/invoke`; listings leave `outputs` out."""
 
     run_id: str
-    kind: Literal["invoke", "batch"]
+    kind: RunKind
     deployment_name: str
     pipeline_name: str
     pipeline_version: str

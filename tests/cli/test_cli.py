@@ -72,6 +72,7 @@ def test_unreachable_database_stops_the_server_with_one_clear_line() -> None:
     ("args", "code", "message"),
     [
         # What the user gave cannot be used: 2.
+        (["serve"], 2, "no pipeline: give MODULE:PIPELINE, or set PIPESERVE_PIPELINE"),
         (["keys", "revoke", "nothing"], 2, "no key named 'nothing' in "),
         (["keys", "create", "--name", "bad name!"], 2, "'bad name!' is not a key name"),
         (["k8s", "render", "p:q", "--name", "BAD", "--image", "x"], 2, "--name 'BAD' is not"),

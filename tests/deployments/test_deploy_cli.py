@@ -231,6 +231,10 @@ def test_update_stale_and_fixed_port(cli: CLI) -> None:
     assert cli.invoke("greeter", "--times=2")["outputs"]["greeting"] == "hello, world hello, world"
     typed = cli.invoke("greeter", "--times=two", ok=False)
     assert typed.returncode == 1 and "times: Input should be a valid integer" in typed.stderr
+    # Not `--name=value`: the arguments cannot be used (2), nothing is invoked.
+    oops = cli.invoke("greeter", "oops", ok=False)
+    assert (oops.returncode, oops.stdout) == (2, "")
+    assert oops.stderr == "pipeserve: 'oops' is not a parameter: write --name=value\n"
 
     # Broken new code: the update fails with the server's last words; the old one serves on.
     (cli.modules / "greeter_mod.py").write_text("import no_such_dependency\n")
@@ -335,10 +339,14 @@ def test_a_webhook_secret_reaches_the_server_and_is_never_shown(cli: CLI) -> Non
     assert list((cli.home / "deployments").iterdir()) == []
 
 
-def test_a_projects_own_service_package_never_shadows_pipeserve(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_projects_own_service_package_never_shadows_pipeserve(
+    tmp_path: Path, workers: str
+) -> None:
     """A user's project may hold a `service/` package of its own: deployed from there, the
     server is still pipeserve's (it runs `python -P -m service`), and the pipeline is the
-    project's, imported from the working directory once pipeserve is."""
+    project's, imported from the working directory once pipeserve is; in each worker
+    process too."""
     project = tmp_path / "project"
     shutil.copytree(
         ROOT / "pipelines", project / "pipelines", ignore=shutil.ignore_patterns("__pycache__")
@@ -357,7 +365,9 @@ def test_a_projects_own_service_package_never_shadows_pipeserve(tmp_path: Path) 
     # (the repository's own `pipelines`, say) could stand in for the project's modules.
     runner = CLI(tmp_path / "home", project, cwd=project, pythonpath=())
     with killing_leftovers(runner) as cli:
-        deployed = cli("deploy", "pipelines.training:training_pipeline", "--name", "mine")
+        deployed = cli(
+            "deploy", "pipelines.training:training_pipeline", "--name", "mine", "--workers", workers
+        )
         assert "deployed 'mine'" in deployed.stderr
         described = cli.describe("mine")
         assert described["record"]["cwd"] == str(project)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import pandas as pd
 import pytest
 
-from service import Pipeline, PipelineDefinitionError, StepContext, pipeline, step
+from service import Pipeline, PipelineDefinitionError, StepContext, pipeline, run_pipeline, step
 from service.sdk.pipeline import Constant, FromParameter, FromStep
 
 
@@ -64,6 +64,24 @@ def test_context_parameter_is_not_a_step_input() -> None:
 
     assert set(uses_state.inputs) == {"x"}
     assert uses_state.context_parameter == "context"
+
+
+def test_a_context_step_takes_its_inputs_by_position_or_name_but_never_the_context() -> None:
+    @step
+    def scaled(context: StepContext, value: int, factor: int = 1) -> int:
+        return value * factor
+
+    @pipeline
+    def p(n: int = 1) -> Any:
+        # As `Step.__call__` types it: the inputs after the context, by position or name.
+        return {"thrice": scaled(source(n), factor=3), "twice": scaled(source(n), 2, id="two")}
+
+    assert run_pipeline(p, {"n": 4}).outputs == {"thrice": 12, "twice": 8}
+    with pytest.raises(PipelineDefinitionError, match="'context' is the StepContext"):
+
+        @pipeline
+        def passes_it() -> Any:
+            return scaled(context=None, value=1)  # type: ignore[call-overload]
 
 
 def test_cycle_is_named() -> None:

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from starlette.applications import Starlette
 from starlette.routing import Route
 
 from service import create_app
+from service.auth import generate_key, hash_key
 from service.server.lifecycle import ProcessHooks
 from tests.sample_pipelines import echo
 
@@ -51,12 +53,29 @@ def run(app: Starlette, check: Check) -> None:
     asyncio.run(main())
 
 
-def test_create_app_changes_nothing_in_the_process(tmp_path: Path) -> None:
-    handler = signal.getsignal(signal.SIGTERM)
+def test_create_app_changes_nothing_in_the_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A callable handler, as a server embedding the app has: one the app could chain onto.
+    def handler(sig: int, frame: Any) -> None:
+        raise AssertionError("not sent")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    # From a working directory not on sys.path, by spec: the loader must not add it.
+    monkeypatch.chdir(tmp_path)
     frozen = gc.get_freeze_count()
     path = list(sys.path)
     environ = dict(os.environ)
-    app = create_app(echo, home=str(tmp_path))
+    try:
+        app = create_app("tests.sample_pipelines:echo", home=str(tmp_path))
+        _serve_once(app, handler, frozen)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert sys.path == path
+    assert dict(os.environ) == environ
+
+
+def _serve_once(app: Starlette, handler: Any, frozen: int) -> None:
 
     async def check(client: httpx.AsyncClient) -> None:
         assert (await wait_ready(client))["status"] == "ready"
@@ -69,8 +88,6 @@ def test_create_app_changes_nothing_in_the_process(tmp_path: Path) -> None:
     run(app, check)
     assert signal.getsignal(signal.SIGTERM) is handler
     assert gc.get_freeze_count() == frozen
-    assert sys.path == path
-    assert dict(os.environ) == environ
 
 
 def test_an_embedded_app_that_cannot_serve_says_so_and_tells_its_hooks(tmp_path: Path) -> None:
@@ -143,10 +160,23 @@ def test_every_route_is_documented_as_it_is_served(tmp_path: Path) -> None:
             and route.path not in ("/", "/docs", "/openapi.json", "/metrics")
         }
         assert {path: set(operations) for path, operations in paths.items()} == served
-        for operations in paths.values():
-            for operation in operations.values():
-                public = operation.get("security") == []
-                # Every route that needs a key says it may answer 401.
-                assert public or "401" in operation["responses"]
+
+    run(app, check)
+
+
+def test_the_document_says_which_routes_need_a_key_as_the_server_answers(tmp_path: Path) -> None:
+    key = generate_key()
+    app = create_app(echo, home=str(tmp_path), auth_key_hashes=hash_key(key))
+
+    async def check(client: httpx.AsyncClient) -> None:
+        headers = {"Authorization": f"Bearer {key}"}
+        paths = (await client.get("/openapi.json", headers=headers)).json()["paths"]
+        for path, operations in paths.items():
+            url = path.replace("{run_id}", "00000000-0000-4000-8000-000000000000")
+            for method, operation in operations.items():
+                answer = await client.request(method, url, json={})
+                needs_key = operation.get("security") != []
+                assert (answer.status_code == 401) == needs_key, (method, path)
+                assert ("401" in operation["responses"]) == needs_key, (method, path)
 
     run(app, check)

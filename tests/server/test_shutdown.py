@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import signal
 import threading
@@ -165,3 +166,21 @@ def test_an_idle_keep_alive_connection_answers_a_request_sent_just_after_sigterm
     assert second.read() == body
     connection.close()
     assert server.proc.wait(10) == 0
+
+
+def test_each_worker_drains_on_sigterm(servers: ServerFactory) -> None:
+    """With --workers, each worker process builds its app with the CLI's hooks: SIGTERM
+    (the supervisor passes it on) drains every worker before it shuts down."""
+    server = servers.start("tests.sample_pipelines:echo", "--workers", "2", "--shutdown-delay", "3")
+    server.wait_all_workers_ready()
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)  # the supervisor passes it on to each worker
+    deadline = time.monotonic() + 2.0
+    answers: list[str] = []
+    while time.monotonic() < deadline and len(answers) < 20:
+        with contextlib.suppress(httpx.TransportError):
+            answers.append(httpx.get(server.url + "/ready", timeout=1).json()["status"])
+        time.sleep(0.05)
+    # Whichever worker answers, it is draining, and still serving: none has closed yet.
+    assert answers and set(answers) == {"draining"}, answers
+    assert server.proc.wait(30) == 0

@@ -95,7 +95,7 @@ def browser(chrome: webdriver.Chrome) -> Iterator[webdriver.Chrome]:
     chrome.delete_all_cookies()
 
 
-def wait(driver: WebDriver, until: Callable[[WebDriver], Any], timeout: float = 15) -> Any:
+def wait(driver: WebDriver, until: Callable[[WebDriver], Any], timeout: float = 30) -> Any:
     return WebDriverWait(driver, timeout, poll_frequency=0.05).until(until)
 
 

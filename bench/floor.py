@@ -99,7 +99,12 @@ class Floor:
                 "started_at": started_at,
                 "finished_at": _utc(time.time()),
                 "steps": {
-                    name: {"status": "completed", "started_at": _utc(at), "duration": duration}
+                    name: {
+                        "status": "completed",
+                        "started_at": _utc(at),
+                        "duration": duration,
+                        "tries": 1,
+                    }
                     for name, at, duration in records
                 },
             },

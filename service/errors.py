@@ -170,7 +170,15 @@ class RequestTimeout(ServiceError):
 class Conflict(ServiceError):
     status_code = 409
     error_type = "conflict"
-    description = "The run has already ended."
+    description = "The run is not in a state that allows it: cancel needs a run that has not ended, retry one that has."
+
+
+class VersionChanged(Conflict):
+    error_type = "version_changed"
+    description = (
+        "The run's checkpoints were made by another version of the pipeline: a retry "
+        "would mix the outputs of two versions."
+    )
 
 
 class PayloadTooLarge(ServiceError):

@@ -151,6 +151,27 @@ class Settings(BaseSettings):
         ge=0,
         description="Outputs larger than this (as JSON) are not kept in the run store.",
     )
+    max_checkpoint_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="A step whose outputs take more than this is not checkpointed: a resumed "
+        "run runs it again.",
+    )
+    checkpoint_pickle: bool = Field(
+        True,
+        description="Checkpoint values that have no pickle-free form (JSON, .npy, Parquet) "
+        "with pickle. The run store must then be trusted like code: pickle runs what it reads.",
+    )
+    checkpoint_url: Optional[str] = Field(
+        None,
+        description="A directory or object store URL (fsspec: s3://, gs://, file://) for "
+        "checkpoints larger than checkpoint_inline_bytes, instead of the run store's database.",
+    )
+    checkpoint_inline_bytes: int = Field(
+        65_536,
+        ge=0,
+        description="With checkpoint_url: checkpoints up to this size stay in the database.",
+    )
 
     @field_validator("auth_key_hashes")
     @classmethod

@@ -39,12 +39,14 @@ def is_terminal(status: str) -> TypeGuard[TerminalStatus]:
 
 # Every step of a run's plan starts `pending`; one that never starts (an upstream step
 # failed, or the run was cancelled) stays `pending`. `cancelled`: an async step that its
-# run's cancel or deadline interrupted.
-StepStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
+# run's cancel or deadline interrupted. `restored`: a resumed run loaded the step's
+# outputs from the checkpoint an earlier attempt wrote, instead of running it again.
+StepStatus = Literal["pending", "running", "completed", "failed", "cancelled", "restored"]
 
 # -- the event stream --------------------------------------------------------------------
 
-StepEventKind = Literal["step_started", "step_finished", "step_failed"]
+# `step_retrying`: the step raised an error its retry policy retries, and will run again.
+StepEventKind = Literal["step_started", "step_retrying", "step_finished", "step_failed"]
 
 # A run's stream: `queued` (again when requeued), its steps' progress, then its end.
 EventKind = Literal[Queued, StepEventKind, TerminalStatus]

@@ -45,12 +45,13 @@ def block(context: StepContext, seconds: float = 2.0) -> Annotated[float, "slept
     return seconds
 
 
-@pipeline
+@pipeline(resume=False)
 def slow(seconds: float = 2.0) -> Any:
+    """Neither resumed nor retried: an interrupted run fails as `interrupted`."""
     return block(seconds=seconds)
 
 
-@pipeline(retry_safe=True)
+@pipeline(retry_safe=True, resume=False)
 def slow_retry_safe(seconds: float = 2.0) -> Any:
     return block(seconds=seconds)
 

@@ -239,6 +239,7 @@ def broken_init() -> Any:
     return add_one(1)
 
 
-@pipeline(on_init=init_counted, on_cleanup=cleanup_counted)
+# Not resumed: an interrupted run fails as `interrupted` (the shutdown tests read that).
+@pipeline(on_init=init_counted, on_cleanup=cleanup_counted, resume=False)
 def slow_with_state(seconds: float = 0.3) -> Any:
     return sleep_sync(seconds)

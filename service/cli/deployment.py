@@ -35,7 +35,7 @@ _HOME = {"home"}
 
 @click.group()
 def deployment() -> None:
-    """Local deployments made by `pipeserve deploy`: list, describe, logs, invoke, stop."""
+    """Local deployments made by `pipeserve deploy`: list, describe, logs, invoke, retry, stop."""
 
 
 def _uptime(seconds: float | None) -> str:
@@ -218,6 +218,40 @@ def _invoke(
             return client.invoke(values).body, None
         except APIError as exc:
             return exc.body, exc
+
+
+@deployment.command("retry")
+@click.argument("name")
+@click.argument("run_id")
+@click.option(
+    "--from-step",
+    default=None,
+    help="Run this step and the steps after it again; restore the rest from checkpoints.",
+)
+@click.option("--wait/--no-wait", default=False, help="Wait for the new run to end.")
+@settings_options(include=_HOME)
+def deployment_retry(
+    name: str, run_id: str, from_step: str | None, wait: bool, **options: Any
+) -> None:
+    """Run the ended run RUN_ID of deployment NAME again, as a new run.
+
+    The new run restores the outputs of the original's checkpointed steps (all of them, or
+    those before --from-step) and runs the others. Prints the new run (its final record
+    with --wait; exits 1 if it did not succeed).
+    """
+    record = deployer(options).store.load(name)
+    state = deployment_status(record)
+    if state != "running":
+        raise DeploymentError(f"deployment '{name}' is {state}: deploy it again")
+    with (
+        talking_to(f"deployment '{name}'", f"deployment '{name}' at {record.url}"),
+        Client(record.url, record.api_key()) as client,
+    ):
+        handle = client.retry(run_id, from_step=from_step)
+        answer = handle.wait() if wait else handle.get()
+    click.echo(json.dumps(answer, indent=2))
+    if wait and answer.get("status") != "succeeded":
+        raise CommandFailed(f"run {handle.run_id} {answer.get('status')}")
 
 
 def _stopped_message(name: str, before: str, clean: bool) -> str:

@@ -145,6 +145,12 @@ class Client(_Base):
         """A handle on an existing run (e.g. an invocation's `result.run_id`)."""
         return RunHandle(self, run_id)
 
+    def retry(self, run_id: str, *, from_step: str | None = None) -> RunHandle:
+        """Run an ended run again (`POST /runs/{id}/retry`): a new run that restores the
+        original's checkpoints, but those of `from_step` and after; a handle to follow it."""
+        answer = self._run(core.retry(run_id, from_step, self.policy))
+        return RunHandle(self, answer["run_id"])
+
     def runs(
         self, status: str | None = None, *, limit: int | None = None, page_size: int = 100
     ) -> Iterator[dict[str, Any]]:
@@ -261,6 +267,10 @@ class AsyncClient(_Base):
 
     def run(self, run_id: str) -> AsyncRunHandle:
         return AsyncRunHandle(self, run_id)
+
+    async def retry(self, run_id: str, *, from_step: str | None = None) -> AsyncRunHandle:
+        answer = await self._run(core.retry(run_id, from_step, self.policy))
+        return AsyncRunHandle(self, answer["run_id"])
 
     async def runs(
         self, status: str | None = None, *, limit: int | None = None, page_size: int = 100

@@ -163,6 +163,13 @@ def cancel(run_id: str, policy: RetryPolicy) -> Operation[dict[str, Any]]:
     return record
 
 
+def retry(run_id: str, from_step: str | None, policy: RetryPolicy) -> Operation[dict[str, Any]]:
+    query = "" if from_step is None else "?" + urllib.parse.urlencode({"from_step": from_step})
+    request = Request("POST", run_path(run_id) + "/retry" + query)
+    answer: dict[str, Any] = yield from call(request, policy, 202)
+    return answer
+
+
 def wait(
     run_id: str, timeout: float | None, poll_interval: float, policy: RetryPolicy
 ) -> Operation[dict[str, Any]]:

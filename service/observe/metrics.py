@@ -98,6 +98,24 @@ class Metrics:
             buckets=_BUCKETS,
             registry=registry,
         )
+        self.step_retries = Counter(
+            "pipeserve_step_retries_total",
+            "Retries of steps whose retry policy caught an error, by pipeline and step.",
+            ["pipeline", "step"],
+            registry=registry,
+        )
+        self.checkpoints = Counter(
+            "pipeserve_checkpoints_total",
+            "Step checkpoints of batch runs: written, restored, or skipped (too large, no "
+            "allowed form, or the store refused them).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.checkpoint_bytes = Counter(
+            "pipeserve_checkpoint_bytes_total",
+            "Bytes of step checkpoints written.",
+            registry=registry,
+        )
         self.runs = Counter(
             "pipeserve_runs_total",
             "Finished runs by pipeline and final status.",
@@ -164,6 +182,8 @@ class Metrics:
             if step is None:
                 step = self._steps[name] = self.step_duration.labels(self.pipeline_name, name)
             step.observe(duration)
+            if record.tries > 1:
+                self.step_retries.labels(self.pipeline_name, name).inc(record.tries - 1)
 
     def render(self) -> bytes:
         if self.registry is not None:

@@ -168,3 +168,14 @@ def _configure_sqlite(engine: Engine) -> None:
     def on_begin(conn: Connection) -> None:
         write = conn.get_execution_options().get("pipeserve_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def insert_statement(is_sqlite: bool, table: sa.Table) -> Any:
+    """An INSERT that can say ON CONFLICT DO NOTHING, in this database's dialect."""
+    if is_sqlite:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+    from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+    return postgresql_insert(table)

@@ -9,6 +9,7 @@ process, and its step events go to the write-behind buffer, in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -19,11 +20,17 @@ from typing import Any
 from service.errors import ValidationFailed
 from service.observe.metrics import Metrics
 from service.runs.calls import StoreCalls, until_done
+from service.runs.checkpointer import Checkpoints, RunCheckpointer
 from service.runs.model import Claim, NewEvent, RunEnd, Steps
 from service.runs.recorder import Recorder
 from service.runs.records import finished_values
 from service.runs.records import step_records as live_steps
-from service.runs.store import RunStore, interrupted_values, is_transient, webhook_due
+from service.runs.store import (
+    RunStore,
+    interrupted_values,
+    is_transient,
+    webhook_due,
+)
 from service.runs.tasks import BackgroundTasks
 from service.runs.waiting import wait_and_clear, wait_events
 from service.sdk.pipeline import Pipeline
@@ -34,7 +41,7 @@ from service.settings import Settings
 logger = logging.getLogger("pipeserve.runs")
 
 # The request fields a stored run is validated and run with again.
-_REQUEST_FIELDS = ("parameters", "steps", "until", "timeout")
+REQUEST_FIELDS = ("parameters", "steps", "until", "timeout")
 
 
 @dataclass(eq=False)
@@ -50,6 +57,7 @@ class ActiveRun:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     invocation: Invocation | None = None
+    checkpointer: RunCheckpointer | None = None
     task: asyncio.Task[Any] | None = None
     finished: bool = False
     interrupted: bool = False
@@ -68,6 +76,8 @@ class ActiveRun:
         self.interrupted = self.interrupted or interrupted
         if self.invocation is not None:
             self.invocation.cancel()
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         if self.task is not None:
             self.task.cancel()
 
@@ -108,6 +118,7 @@ class Dispatcher:
         self.webhook_due = webhook_due
         self.runner: Runner | None = None
         self.active: dict[str, ActiveRun] = {}
+        self.checkpoints = Checkpoints(settings, pipeline, store, calls, recorder, metrics)
         self._slots = asyncio.Semaphore(settings.run_workers)
         self._work = asyncio.Event()
         self.accepting = True
@@ -168,7 +179,7 @@ class Dispatcher:
         self.active[run.run_id] = active
         inv: Invocation | None = None
         try:
-            stored_request = {k: v for k, v in run.request.items() if k in _REQUEST_FIELDS}
+            stored_request = {k: v for k, v in run.request.items() if k in REQUEST_FIELDS}
             try:
                 data = self.models.parse_invoke_object(stored_request)
             except ValidationFailed as exc:
@@ -181,6 +192,16 @@ class Dispatcher:
                 data, run_id=run.run_id, listener=functools.partial(self._listener, loop, active)
             )
             active.invocation = inv
+            if self.pipeline.resume:
+                # Checkpoint this attempt's steps; restore those earlier ones finished.
+                emit = functools.partial(self._on_step_event, active)
+                active.checkpointer = self.checkpoints.attach(
+                    inv, run, loop, emit, lambda: not (active.finished or active.lost)
+                )
+                refused = await self.checkpoints.restore(inv, run)
+                if refused is not None:
+                    await self._end(active, refused)
+                    return
             deadline = data.timeout or self.settings.run_timeout
             await self._run(active, inv, deadline)
             if active.interrupted:
@@ -188,8 +209,13 @@ class Dispatcher:
             else:
                 max_bytes = self.settings.max_recorded_output_bytes
                 await self._end(active, finished_values(inv, max_bytes, deadline), inv)
-        except Exception:
+        except Exception as exc:
             logger.exception("a batch run could not be recorded", extra={"run_id": run.run_id})
+            if not active.finished:
+                # Never left `running` with no heartbeat: no process would recover it.
+                error = {"type": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
+                with contextlib.suppress(Exception):
+                    await self._end(active, _failed_values(error), inv)
         finally:
             active.finished = True
             active.done.set()
@@ -203,6 +229,7 @@ class Dispatcher:
     async def _run(self, active: ActiveRun, inv: Invocation, deadline: float) -> None:
         """The pipeline, until it ends, its deadline passes, or a cancel stops it."""
         assert self.runner is not None
+        inv.deadline = time.monotonic() + deadline
         inner = active.task = asyncio.create_task(self.runner.run(inv))
         try:
             async with asyncio.timeout(deadline):
@@ -231,6 +258,9 @@ class Dispatcher:
             data["duration"] = event.duration
         if event.error is not None:
             data["error"] = {"type": event.error.type, "message": event.error.message}
+        if event.tries is not None:
+            data["tries"] = event.tries
+            data["delay"] = event.delay
         self._emit(active, event.kind, data, event.at)
         active.dirty = True
 
@@ -278,12 +308,17 @@ class Dispatcher:
             self.webhook_due()
 
     async def _interrupt(self, active: ActiveRun, inv: Invocation) -> None:
-        """Shutdown caught the run unfinished: requeue it if safe, else fail it."""
+        """Shutdown caught the run unfinished: requeue it to resume (or re-run, if safe),
+        unless it was interrupted `max_attempts` times; else fail it."""
         await until_done(self.recorder.flush)
-        if self.pipeline.retry_safe:
-            await self.calls.until_written(
-                self.store.release, active.run_id, self.owner, time.time()
+        pipeline = self.pipeline
+        if pipeline.resume or pipeline.retry_safe:
+            outcome = await self.calls.until_written(
+                self.store.release, active.run_id, self.owner, time.time(), pipeline.max_attempts
             )
+            if outcome == "failed":
+                self.metrics.count_run("failed")
+                self.webhook_due()
             return
         values = interrupted_values(time.time(), inv.started_at, live_steps(inv), webhook=False)
         await self._end(active, values, inv)

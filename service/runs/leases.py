@@ -1,8 +1,10 @@
 """Leases and recovery: this process renews the leases of the runs it executes (a
 heartbeat), and recovers the runs of processes that stopped renewing theirs (they died).
 
-A process that dies stops renewing; once the lease expires any process fails the run as
-`interrupted`, or requeues it when the pipeline is `retry_safe`. So a run is never lost,
+A process that dies stops renewing; once the lease expires any process requeues the run,
+to resume from its checkpoints (or, with `retry_safe` and `resume=False`, to run again),
+until it was interrupted `max_attempts` times; a pipeline with neither fails it as
+`interrupted`. So a run is never lost,
 and never left `running` forever, with one process or many sharing PostgreSQL.
 """
 
@@ -32,7 +34,8 @@ class LeaseKeeper:
         metrics: Metrics,
         owner: str,
         active: Mapping[str, ActiveRun],
-        retry_safe: bool,
+        requeue: bool,
+        max_attempts: int,
         requeued: Callable[[], None],
         failed: Callable[[], None],
     ) -> None:
@@ -43,7 +46,9 @@ class LeaseKeeper:
         self.owner = owner
         # The runs this process executes (the dispatcher's).
         self.active = active
-        self.retry_safe = retry_safe
+        # Whether the pipeline's interrupted runs run again (resumed, or re-run if safe).
+        self.requeue = requeue
+        self.max_attempts = max_attempts
         # Told when recovery requeued runs (to claim them), and when it failed some (their
         # webhooks are due).
         self._requeued = requeued
@@ -87,7 +92,7 @@ class LeaseKeeper:
 
     async def recover(self) -> None:
         requeued, failed = await self.calls.call(
-            self.store.recover_expired, time.time(), self.retry_safe, self.owner
+            self.store.recover_expired, time.time(), self.requeue, self.owner, self.max_attempts
         )
         for run_id in requeued:
             logger.warning("requeued a run whose process died", extra={"run_id": run_id})

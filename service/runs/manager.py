@@ -36,10 +36,12 @@ from service.errors import (
     ServiceUnavailable,
     TooManyRequests,
     ValidationFailed,
+    VersionChanged,
 )
 from service.observe.metrics import Metrics
 from service.runs.calls import StoreCalls
 from service.runs.cursor import CURSOR_PATTERN, decode_cursor, encode_cursor
+from service.runs.execution import REQUEST_FIELDS as _REQUEST_FIELDS
 from service.runs.execution import Dispatcher
 from service.runs.leases import LeaseKeeper
 from service.runs.model import NewEvent, Run
@@ -57,7 +59,7 @@ from service.runs.stream import EventStreams
 from service.runs.tasks import BackgroundTasks
 from service.runs.waiting import wait_events
 from service.runs.webhooks import WebhookSender
-from service.sdk.pipeline import Pipeline
+from service.sdk.pipeline import Pipeline, downstream_of
 from service.sdk.requests import InvokeRequestData, RequestModels
 from service.sdk.runner import Runner
 from service.settings import Settings
@@ -120,10 +122,13 @@ class RunManager:
         )  # fmt: skip
         self._leases = LeaseKeeper(
             settings, self.store, self._calls, metrics, owner, self._dispatch.active,
-            pipeline.retry_safe, requeued=self._dispatch.wake, failed=self._webhook_due,
+            pipeline.resume or pipeline.retry_safe, pipeline.max_attempts,
+            requeued=self._dispatch.wake, failed=self._webhook_due,
         )  # fmt: skip
         self._streams = EventStreams(self.store, self._calls, self._dispatch.active)
-        self._retention = Retention(settings, self.store, self._calls)
+        self._retention = Retention(
+            settings, self.store, self._calls, self._dispatch.checkpoints.policy.objects
+        )
 
     def _webhook_due(self) -> None:
         if self._outbox is not None:
@@ -183,13 +188,57 @@ class RunManager:
                          "type": "webhook_secret_missing"}],
             )  # fmt: skip
         run = queued_run(self.deployment, data, webhook_url, idempotency_key, client)
+        return await self._queue(run)
+
+    async def retry(self, run_id: str, from_step: str | None = None) -> Run:
+        """Queue a new run with the request of run `run_id`, which has ended: it restores
+        the checkpoints of that run (those before `from_step`, with one) and runs the rest."""
+        if not self._dispatch.accepting:
+            raise ServiceUnavailable("the server is shutting down", retry_after=1)
+        pipeline = self._dispatch.pipeline
+        if from_step is not None and from_step not in pipeline.steps_by_name:
+            raise ValidationFailed(
+                f"from_step: the pipeline has no step '{from_step}'; its steps are "
+                f"{', '.join(pipeline.steps_by_name)}",
+                errors=[{"loc": ["query", "from_step"], "msg": "no such step",
+                         "type": "unknown_step", "input": from_step}],
+            )  # fmt: skip
+        original = await self.require(run_id)
+        if not is_terminal(original.status):
+            raise Conflict(
+                f"run '{run_id}' is {original.status}: only a run that has ended is retried",
+                status=original.status,
+            )
+        stored = {k: v for k, v in original.request.items() if k in _REQUEST_FIELDS}
+        data = self._dispatch.models.parse_invoke_object(stored)  # 422: no longer valid
+        found = await self._calls.answer(self.store.checkpoint_summaries, run_id)
+        redo = downstream_of(pipeline, from_step) if from_step is not None else set()
+        reused = sorted(set(found) - redo)
+        others = sorted({found[s]["pipeline_version"] for s in reused} - {pipeline.version})
+        if others:
+            raise VersionChanged(
+                f"run '{run_id}' was checkpointed by pipeline version {', '.join(others)}; "
+                f"this server runs version {pipeline.version}: retry it with from_step set "
+                "to the first changed step, or submit it anew",
+                versions={"checkpoints": others, "server": pipeline.version},
+            )
+        run = queued_run(
+            self.deployment, data, original.webhook_url, None, original.request.get("client"),
+            retry_of=run_id, from_step=from_step,
+        )  # fmt: skip
+        stored_run, _ = await self._queue(run, (run_id, reused))
+        return stored_run
+
+    async def _queue(
+        self, run: Run, reuse: tuple[str, list[str]] | None = None
+    ) -> tuple[Run, bool]:
         first = NewEvent(
             run.run_id, 1, "queued", {"run_id": run.run_id, "status": "queued",
                                       "at": run.created_at}, run.created_at,
         )  # fmt: skip
         try:
             stored, created = await self._calls.answer(
-                self.store.submit, run, first, self.settings.max_queued_runs
+                self.store.submit, run, first, self.settings.max_queued_runs, reuse
             )
         except QueueFull as exc:
             raise TooManyRequests(

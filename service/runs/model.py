@@ -17,13 +17,23 @@ from typing import Any, Final, Required, TypedDict
 from service.status import RunKind, RunStatus, StepStatus, WebhookStatus
 
 
-class StepInfo(TypedDict):
-    """A step's record on its run. `started_at` is a datetime while the run is in this
-    process and ISO 8601 text once read back from the store: orjson writes both alike."""
+class StepCheckpoint(TypedDict):
+    formats: list[str]
+    bytes: int
 
-    status: StepStatus
-    started_at: datetime | str | None
-    duration: float | None
+
+class StepInfo(TypedDict, total=False):
+    """A step's record on its run. `started_at` is a datetime while the run is in this
+    process and ISO 8601 text once read back from the store: orjson writes both alike.
+    `tries`: calls of the step's function (0: it did not run). A step a resumed run
+    restored has `restored_from`, the attempt whose checkpoint it took."""
+
+    status: Required[StepStatus]
+    started_at: Required[datetime | str | None]
+    duration: Required[float | None]
+    tries: int
+    restored_from: int
+    checkpoint: StepCheckpoint
 
 
 Steps = dict[str, StepInfo]
@@ -114,6 +124,29 @@ class Run:
     # When lease recovery ended or requeued the run on a guess that its process had died;
     # cleared when that process's own end arrives after all (see `RunStore.finish`).
     recovered_at: float | None = None
+    # The attempts that ended without the run ending (their process died or drained):
+    # each `{"attempt", "owner", "started_at", "ended_at", "reason"}`.
+    attempts: list[dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Checkpoint:
+    """A finished step's outputs as a batch run stored them (one row of
+    `pipeserve_checkpoints`): their bytes, or where the object store has them."""
+
+    run_id: str
+    step: str
+    attempt: int
+    pipeline_version: str
+    formats: list[str]
+    sizes: list[int]
+    created_at: float
+    data: bytes | None = None
+    location: str | None = None
+
+    @property
+    def size(self) -> int:
+        return sum(self.sizes)
 
 
 @dataclass(frozen=True, slots=True)

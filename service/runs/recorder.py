@@ -1,8 +1,9 @@
 """The write-behind buffer of the run store: what a flush every 100 ms writes at once.
 
 It holds finished `/invoke` runs (their rows are built, outputs serialized, in one go on
-the flush, not on the request) and the step events of batch runs, in order. A flush writes
-both, with the step records of running batch runs, in one transaction.
+the flush, not on the request), the step events of batch runs, in order, and the
+checkpoints of their finished steps. A flush writes them all, with the step records of
+running batch runs, in one transaction: a checkpoint with its `step_finished` event.
 
 The buffer never wedges. When the database is out of reach (a transient failure), the
 buffer keeps what it held and the next flush, after a backoff, writes it; a crash loses
@@ -22,7 +23,7 @@ from typing import Any
 
 from service.observe.metrics import Metrics
 from service.runs.calls import until_done
-from service.runs.model import FinishedRun, NewEvent, Run, Steps
+from service.runs.model import Checkpoint, FinishedRun, NewEvent, Run, Steps
 from service.runs.records import Deployment, invocation_row
 from service.runs.store import RunStore
 from service.runs.store_health import first_line, is_transient
@@ -34,6 +35,8 @@ logger = logging.getLogger("pipeserve.runs")
 FLUSH_INTERVAL = 0.1
 # Past this many unwritten `/invoke` records (the store is down), the oldest are dropped.
 MAX_BUFFERED = 10_000
+# Past this many bytes of unwritten checkpoints (the store is down), the oldest are dropped.
+MAX_BUFFERED_CHECKPOINT_BYTES = 512 * 1024 * 1024
 # The longest wait between two flushes while the database stays out of reach.
 MAX_BACKOFF = 5.0
 
@@ -66,6 +69,7 @@ class Recorder:
         self._recorded: dict[str, Entry] = {}
         self._writing: dict[str, Entry] = {}
         self._events: list[NewEvent] = []
+        self._checkpoints: list[Checkpoint] = []
         self._lock = asyncio.Lock()
         self._dropped = 0
 
@@ -84,6 +88,16 @@ class Recorder:
 
     def add_event(self, event: NewEvent) -> None:
         self._events.append(event)
+
+    def add_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Past `MAX_BUFFERED_CHECKPOINT_BYTES` unwritten (the store is down), the oldest
+        are dropped: their steps run again if the run resumes."""
+        self._checkpoints.append(checkpoint)
+        buffered = sum(c.size for c in self._checkpoints if c.data is not None)
+        while buffered > MAX_BUFFERED_CHECKPOINT_BYTES and len(self._checkpoints) > 1:
+            dropped = self._checkpoints.pop(0)
+            buffered -= dropped.size if dropped.data is not None else 0
+            self.metrics.checkpoints.labels("buffer_full").inc()
 
     def pending_run(self, run_id: str) -> Run | None:
         """An `/invoke` run not written yet, as the store will have it."""
@@ -123,8 +137,9 @@ class Recorder:
         async with self._lock:
             recorded, self._recorded = self._recorded, {}
             new_events, self._events = self._events, []
+            saved, self._checkpoints = self._checkpoints, []
             progress = dict(self._progress())
-            if not (recorded or new_events or progress):
+            if not (recorded or new_events or progress or saved):
                 return
             self._writing = recorded
             # Rows are built here, on the event loop, in one go: in the store's thread
@@ -138,15 +153,18 @@ class Recorder:
                         new_events,
                         progress,
                         time.time(),
+                        saved,
                     )
+                    self._written(saved)
                 except Exception as exc:
                     if is_transient(exc):
                         raise
-                    await self._write_one_by_one(finished, new_events, progress, exc)
+                    await self._write_one_by_one(finished, new_events, progress, saved, exc)
             except BaseException:
                 kept = {run_id: recorded[run_id] for run_id in finished}
                 self._recorded = {**kept, **self._recorded}
                 self._events = new_events + self._events
+                self._checkpoints = saved + self._checkpoints
                 raise
             finally:
                 self._writing = {}
@@ -186,6 +204,7 @@ class Recorder:
         finished: Mapping[str, Any],
         new_events: Sequence[NewEvent],
         progress: Mapping[str, Steps],
+        saved: Sequence[Checkpoint],
         cause: Exception,
     ) -> None:
         """The database refused the batch: find the records it refuses, write the rest."""
@@ -201,11 +220,18 @@ class Recorder:
             *((run_id, ([row], [], {}, now)) for run_id, row in finished.items()),
             *((run_id, ([], events, {}, now)) for run_id, events in by_run.items()),
             *((run_id, ([], [], {run_id: steps}, now)) for run_id, steps in progress.items()),
+            *((c.run_id, ([], [], {}, now, [c])) for c in saved),
         ]
         for run_id, args in parts:
             try:
                 await self._call(self.store.write_batch, *args)
+                self._written(args[4] if len(args) > 4 else [])
             except Exception as exc:
                 if is_transient(exc):
                     raise
                 self._drop("refused", run_id=run_id, error=first_line(exc))
+
+    def _written(self, saved: Sequence[Checkpoint]) -> None:
+        if saved:
+            self.metrics.checkpoints.labels("written").inc(len(saved))
+            self.metrics.checkpoint_bytes.inc(sum(c.size for c in saved))

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from service.errors import OutputNotSerializable
-from service.runs.model import FinishedRun, NewEvent, Run, RunEnd, Steps
+from service.runs.model import FinishedRun, NewEvent, Run, RunEnd, StepInfo, Steps
 from service.sdk.requests import InvokeRequestData
 from service.sdk.runner import Invocation, new_run_id
 from service.sdk.serialize import dumps_outputs
@@ -67,10 +67,12 @@ def queued_run(
     webhook_url: str | None,
     idempotency_key: str | None,
     client: dict[str, Any] | None,
+    **extra: Any,
 ) -> Run:
-    """A new batch run, queued now, as the run store records it."""
+    """A new batch run, queued now, as the run store records it; `extra`: more of its
+    request to keep (a retry's `retry_of` and `from_step`)."""
     now = time.time()
-    document = request_document(data, client=client)
+    document = request_document(data, client=client, **extra)
     return Run(
         run_id=new_run_id(),
         deployment_name=deployment.name,
@@ -89,15 +91,23 @@ def queued_run(
 
 
 def step_records(inv: Invocation) -> Steps:
-    """Each step's status, start (a datetime: see `utc`) and duration."""
-    return {
-        name: {
+    """Each step's status, start (a datetime: see `utc`), duration and tries; a restored
+    step's attempt of origin, and a checkpointed step's checkpoint (its size, no bytes)."""
+    steps: Steps = {}
+    for name, record in inv.records.items():
+        info: StepInfo = {
             "status": record.status,
             "started_at": utc(record.started_at) if record.started_at else None,
             "duration": record.duration,
+            "tries": record.tries,
         }
-        for name, record in inv.records.items()
-    }
+        if record.restored_from is not None:
+            info["restored_from"] = record.restored_from
+        checkpoint = record.checkpoint
+        if checkpoint is not None:
+            info["checkpoint"] = {"formats": list(checkpoint.formats), "bytes": checkpoint.bytes}
+        steps[name] = info
+    return steps
 
 
 def running_step(inv: Invocation) -> str | None:
@@ -203,6 +213,7 @@ def render(run: Run, *, with_outputs: bool = True) -> dict[str, Any]:
         "duration": run.duration,
         # An `/invoke` run ran once, and is stored without counting claims.
         "attempt": run.attempt or (1 if run.kind == "invoke" else 0),
+        "interrupted_attempts": run.attempts or [],
         "parameters_used": run.parameters_used or run.request.get("parameters", {}),
         "steps": run.steps or {},
         "error": run.error,

@@ -1,5 +1,6 @@
 """Retention: finished runs past `retention_days`, or beyond the newest
-`retention_max_runs`, are deleted every `retention_interval` (never a webhook still due)."""
+`retention_max_runs`, are deleted every `retention_interval` (never a webhook still due),
+with their events and checkpoints."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import time
 
 from service.runs.calls import StoreCalls
+from service.runs.checkpoint_objects import ObjectStore
 from service.runs.store import PRUNE_BATCH, RunStore
 from service.runs.waiting import forever
 from service.settings import Settings
@@ -19,10 +21,18 @@ PRUNE_PAUSE = 0.05
 
 
 class Retention:
-    def __init__(self, settings: Settings, store: RunStore, calls: StoreCalls) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: RunStore,
+        calls: StoreCalls,
+        objects: ObjectStore | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.calls = calls
+        # Where large checkpoints are (`checkpoint_url`): deleted with their runs.
+        self.objects = objects
 
     async def run(self) -> None:
         """Prune, every `retention_interval`."""
@@ -44,7 +54,9 @@ class Retention:
         cutoff = await self.calls.call(self.store.prune_cutoff, self.settings.retention_max_runs)
         pruned = 0
         while True:
-            deleted = await self.calls.call(self.store.prune, finished_before, cutoff)
+            deleted, orphaned = await self.calls.call(self.store.prune, finished_before, cutoff)
+            if orphaned and self.objects is not None:
+                await asyncio.to_thread(self.objects.delete, orphaned)
             pruned += deleted
             if deleted < PRUNE_BATCH:
                 return pruned

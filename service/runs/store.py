@@ -11,8 +11,9 @@ from __future__ import annotations
 from service.runs.database import StoreError, default_sqlite_url, normalize_url, redact
 from service.runs.model import NewEvent
 from service.runs.store_batches import BatchWrites
+from service.runs.store_checkpoints import CheckpointQueries
 from service.runs.store_health import StoreHealth, is_transient
-from service.runs.store_leases import LeaseQueries, interrupted_values
+from service.runs.store_leases import LeaseQueries, interrupted_values, version_changed
 from service.runs.store_outbox import OutboxQueries, webhook_due
 from service.runs.store_queue import QueueFull, QueueQueries
 from service.runs.store_reads import ReadQueries
@@ -32,13 +33,20 @@ __all__ = [
     "metadata",
     "normalize_url",
     "redact",
+    "version_changed",
     "webhook_due",
 ]
 
 
 class RunStore(
-    QueueQueries, LeaseQueries, BatchWrites, OutboxQueries, RetentionQueries, ReadQueries
+    QueueQueries,
+    LeaseQueries,
+    BatchWrites,
+    CheckpointQueries,
+    OutboxQueries,
+    RetentionQueries,
+    ReadQueries,
 ):
     """Blocking access to the runs of one deployment: the queue (submit, claim, cancel),
-    the leases of running runs and their recovery, the write-behind flush, the webhook
-    outbox, retention, and reads."""
+    the leases of running runs and their recovery, the write-behind flush, step
+    checkpoints, the webhook outbox, retention, and reads."""

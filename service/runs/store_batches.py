@@ -10,8 +10,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from service.runs import event_log
-from service.runs.database import Database, json_serializer
-from service.runs.model import FINISHED_COLUMNS, FinishedRun, NewEvent, Steps
+from service.runs.database import Database, insert_statement, json_serializer
+from service.runs.model import FINISHED_COLUMNS, Checkpoint, FinishedRun, NewEvent, Steps
+from service.runs.store_checkpoints import insert_checkpoints
 from service.runs.tables import JSON_COLUMNS, runs
 
 
@@ -24,7 +25,7 @@ class BatchWrites(Database):
         Insert-if-absent: a batch retried after a commit whose answer was lost (the
         connection dropped) must not fail on the rows it already wrote."""
         compiled = (
-            _insert_statement(self.is_sqlite, runs)
+            insert_statement(self.is_sqlite, runs)
             .values({name: sa.bindparam(name) for name in FINISHED_COLUMNS})
             .on_conflict_do_nothing(index_elements=["run_id"])
             .compile(dialect=self.engine.dialect)
@@ -67,15 +68,18 @@ class BatchWrites(Database):
         new_events: Sequence[NewEvent],
         progress: Mapping[str, Steps],
         now: float,
+        saved: Sequence[Checkpoint] = (),
     ) -> None:
         """One transaction for what the write-behind buffer holds: finished `/invoke` runs
-        (as `prepare_finished` made them), events of running runs, and their step records
-        (so other replicas can show them). Writing the same batch twice writes it once."""
-        if not (finished or new_events or progress):
+        (as `prepare_finished` made them), events of running runs, their step records
+        (so other replicas can show them), and the checkpoints of finished steps, with
+        their `step_finished` events. Writing the same batch twice writes it once."""
+        if not (finished or new_events or progress or saved):
             return
         with self._write() as conn:
             if finished:
                 conn.exec_driver_sql(self._insert_finished[0], list(finished))
+            insert_checkpoints(conn, saved, self.is_sqlite)
             if new_events:
                 event_log.append(conn, new_events)
             for run_id, steps in progress.items():
@@ -84,14 +88,3 @@ class BatchWrites(Database):
                     .where(runs.c.run_id == run_id, runs.c.status == "running")
                     .values(steps=dict(steps), updated_at=now)
                 )
-
-
-def _insert_statement(is_sqlite: bool, table: sa.Table) -> Any:
-    """An INSERT that can say ON CONFLICT DO NOTHING, in this database's dialect."""
-    if is_sqlite:
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        return sqlite_insert(table)
-    from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-
-    return postgresql_insert(table)

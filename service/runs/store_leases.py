@@ -1,6 +1,7 @@
 """The leases of running runs in the store: renewing them, ending a run that is still
 ours, and recovering the runs whose process stopped renewing (it died): requeued when the
-pipeline is safe to retry, else failed as `interrupted`."""
+pipeline resumes or is safe to retry (up to `max_attempts` times), else failed as
+`interrupted`."""
 
 from __future__ import annotations
 
@@ -93,17 +94,20 @@ class LeaseQueries(Database):
                 event_log.append(conn, [event])
             return bool(done)
 
-    def recover_expired(self, now: float, requeue: bool, owner: str) -> tuple[list[str], list[str]]:
+    def recover_expired(
+        self, now: float, requeue: bool, owner: str, max_attempts: int = 3
+    ) -> tuple[list[str], list[str]]:
         """Runs whose owner stopped renewing its lease (it died): requeue them when the
-        pipeline is safe to retry, otherwise fail them as `interrupted`. Never the runs of
-        `owner` (the caller): it is alive, so a lease of its that expired means only that
-        the database was out of its reach, and it goes on with the run.
+        pipeline resumes or is safe to retry, unless they were interrupted `max_attempts`
+        times already (`too_many_attempts`); otherwise fail them as `interrupted`. Never
+        the runs of `owner` (the caller): it is alive, so a lease of its that expired
+        means only that the database was out of its reach, and it goes on with the run.
         Returns (requeued, failed) run ids."""
         requeued: list[str] = []
         failed: list[str] = []
         with self._write() as conn:
             expired = conn.execute(
-                sa.select(runs.c.run_id, runs.c.started_at, runs.c.webhook_url, runs.c.steps)
+                sa.select(*_ATTEMPT_COLUMNS)
                 .where(
                     self._mine(),
                     runs.c.status == "running",
@@ -114,25 +118,93 @@ class LeaseQueries(Database):
             ).all()
             for row in expired:
                 if requeue:
-                    _requeue(conn, row.run_id, now)
-                    requeued.append(row.run_id)
+                    done = _requeue_or_give_up(conn, row, now, max_attempts, "lease_expired")
+                    (requeued if done == "requeued" else failed).append(row.run_id)
                     continue
                 values = interrupted_values(now, row.started_at, row.steps, bool(row.webhook_url))
-                conn.execute(
-                    runs.update()
-                    .where(runs.c.run_id == row.run_id)
-                    .values(**values, recovered_at=now)
-                )
-                data = {"run_id": row.run_id, "status": "failed", "error": values["error"],
-                        "at": now}  # fmt: skip
-                event_log.event(conn, row.run_id, "failed", data, now)
+                _fail(conn, row.run_id, values, now, recovered=True)
                 failed.append(row.run_id)
         return requeued, failed
 
-    def release(self, run_id: str, owner: str, now: float) -> bool:
-        """Put a run we own back in the queue (shutdown of a pipeline safe to retry)."""
+    def release(self, run_id: str, owner: str, now: float, max_attempts: int = 3) -> str:
+        """Put a run we own back in the queue (shutdown, of a pipeline that resumes or is
+        safe to retry), unless it was interrupted `max_attempts` times: then fail it.
+        Returns "requeued", "failed", or "" (it is not ours any more)."""
         with self._write() as conn:
-            return _requeue(conn, run_id, now, owner)
+            row = conn.execute(
+                sa.select(*_ATTEMPT_COLUMNS)
+                .where(runs.c.run_id == run_id, runs.c.owner == owner, runs.c.status == "running")
+                # Held to the end: no other replica requeues or claims it in between.
+                .with_for_update()
+            ).first()
+            if row is None:
+                return ""
+            return _requeue_or_give_up(conn, row, now, max_attempts, "drained", owner)
+
+
+# What requeueing a run reads of it: its current attempt, for the history of attempts.
+_ATTEMPT_COLUMNS = (
+    runs.c.run_id,
+    runs.c.started_at,
+    runs.c.webhook_url,
+    runs.c.steps,
+    runs.c.attempt,
+    runs.c.owner,
+    runs.c.attempts,
+)
+
+
+def version_changed(others: Sequence[str], version: str, now: float) -> RunEnd:
+    """How a run ends that another version of its pipeline checkpointed: never resumed
+    with the outputs of two versions mixed."""
+    return {
+        "status": "failed",
+        "error": {
+            "type": "version_changed",
+            "message": f"the run's checkpoints were made by pipeline version "
+            f"{', '.join(others)}; this server runs version {version}, and does not mix "
+            "their outputs (with @pipeline(on_version_change='restart') it starts over)",
+            "versions": {"checkpoints": list(others), "server": version},
+        },
+        "finished_at": now,
+        "updated_at": now,
+        "duration": 0.0,
+        "steps": None,
+    }
+
+
+def _requeue_or_give_up(
+    conn: Connection, row: Any, now: float, max_attempts: int, reason: str,
+    owner: str | None = None,
+) -> str:  # fmt: skip
+    """Requeue an interrupted run, its attempt added to its history; or, interrupted
+    `max_attempts` times, fail it as `too_many_attempts` with that history."""
+    history = [*(row.attempts or []), {"attempt": row.attempt, "owner": row.owner,
+               "started_at": row.started_at, "ended_at": now, "reason": reason}]  # fmt: skip
+    if row.attempt < max_attempts:
+        conn.execute(runs.update().where(runs.c.run_id == row.run_id).values(attempts=history))
+        return "requeued" if _requeue(conn, row.run_id, now, owner) else ""
+    values = interrupted_values(now, row.started_at, row.steps, bool(row.webhook_url))
+    values["error"] = {
+        "type": "too_many_attempts",
+        "message": f"the run was interrupted {len(history)} times (max_attempts="
+        f"{max_attempts}): it is not run again",
+        "attempts": history,
+    }
+    conn.execute(runs.update().where(runs.c.run_id == row.run_id).values(attempts=history))
+    _fail(conn, row.run_id, values, now, recovered=owner is None)
+    return "failed"
+
+
+def _fail(conn: Connection, run_id: str, values: RunEnd, now: float, recovered: bool) -> None:
+    """End a run whose process is gone (or going) with a failure, and its event."""
+    conn.execute(
+        runs.update()
+        .where(runs.c.run_id == run_id)
+        .values(**values, recovered_at=now if recovered else None)
+    )
+    data = {"run_id": run_id, "status": "failed", "error": values["error"], "at": now}
+    event_log.event(conn, run_id, "failed", data, now)
 
 
 def _still_ours(owner: str, attempt: int | None) -> Any:

@@ -3,6 +3,8 @@ per idempotency key), claiming the oldest for a process, and cancelling."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -10,6 +12,7 @@ from service.errors import PipeserveError
 from service.runs import event_log
 from service.runs.database import Database
 from service.runs.model import Claim, NewEvent, Run
+from service.runs.store_checkpoints import copy_checkpoints
 from service.runs.store_outbox import webhook_due
 from service.runs.tables import inserted, run_of, runs
 
@@ -23,9 +26,16 @@ class QueueFull(PipeserveError):
 
 
 class QueueQueries(Database):
-    def submit(self, run: Run, first_event: NewEvent, max_queued: int) -> tuple[Run, bool]:
+    def submit(
+        self,
+        run: Run,
+        first_event: NewEvent,
+        max_queued: int,
+        reuse: tuple[str, Collection[str]] | None = None,
+    ) -> tuple[Run, bool]:
         """Insert a queued run with its first event, unless `max_queued` runs wait already
         (`QueueFull`). With an idempotency key already used, return that run instead.
+        `reuse`: (a run, its steps) whose checkpoints the new run takes (a retry's).
         Returns (run, created)."""
         key = run.idempotency_key
         try:
@@ -43,6 +53,8 @@ class QueueQueries(Database):
                     raise QueueFull(int(queued))
                 conn.execute(runs.insert().values(**inserted(run)))
                 event_log.insert(conn, [first_event])
+                if reuse is not None:
+                    copy_checkpoints(conn, reuse[0], run.run_id, reuse[1], run.created_at)
         except sa.exc.IntegrityError:
             # Another replica inserted the same key between our look and our insert.
             with self._read() as conn:

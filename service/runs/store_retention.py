@@ -1,5 +1,6 @@
 """Retention in the store: which finished runs are past `retention_days` or beyond the
-newest `retention_max_runs`, deleted with their events a bounded batch at a time."""
+newest `retention_max_runs`, deleted with their events and checkpoints a bounded batch
+at a time."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from service.runs.database import Database
+from service.runs.store_checkpoints import delete_checkpoints
 from service.runs.tables import events, runs
 from service.status import TERMINAL
 
@@ -28,9 +30,11 @@ class RetentionQueries(Database):
             ).scalar()
         return int(seq) if seq is not None else None
 
-    def prune(self, finished_before: float, cutoff: int | None) -> int:
+    def prune(self, finished_before: float, cutoff: int | None) -> tuple[int, list[str]]:
         """Delete at most `PRUNE_BATCH` finished runs older than `finished_before` or not
-        newer than `cutoff` (see `prune_cutoff`), in one transaction; returns how many.
+        newer than `cutoff` (see `prune_cutoff`), with their events and checkpoints, in
+        one transaction. Returns how many, and the object store locations of checkpoints
+        no run names any more (for the caller to delete).
 
         A caller deletes many in batches, pausing between them (`runs.retention`): one
         delete of 30,000 runs held the store for seconds (a submit and the flush waited it
@@ -48,10 +52,12 @@ class RetentionQueries(Database):
         with self._write() as conn:
             batch = list(conn.execute(doomed).scalars())
             if not batch:
-                return 0
+                return 0, []
             # Padded with an id no run has: each length of an IN list is a statement of
             # its own in the driver's statement cache (SQLite: 128, ~60 KiB each at this
             # length), and the last, partial batch of each pruning added two.
             ids = batch + [""] * (PRUNE_BATCH - len(batch))
             conn.execute(events.delete().where(events.c.run_id.in_(ids)))
-            return int(conn.execute(runs.delete().where(runs.c.run_id.in_(ids))).rowcount)
+            orphaned = delete_checkpoints(conn, ids)
+            deleted = int(conn.execute(runs.delete().where(runs.c.run_id.in_(ids))).rowcount)
+            return deleted, orphaned

@@ -48,6 +48,8 @@ runs = sa.Table(
     sa.Column("duration", sa.Float),
     # See `Run.recovered_at`.
     sa.Column("recovered_at", sa.Float),
+    # See `Run.attempts`.
+    sa.Column("attempts", sa.JSON),
     sa.UniqueConstraint("deployment_name", "idempotency_key", name="uq_pipeserve_runs_idempotency"),
     sa.Index("ix_pipeserve_runs_deployment_status_seq", "deployment_name", "status", "seq"),
     sa.Index("ix_pipeserve_runs_deployment_created", "deployment_name", "created_at"),
@@ -61,6 +63,26 @@ events = sa.Table(
     sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("data", sa.JSON, nullable=False),
     sa.Column("at", sa.Float, nullable=False),
+)
+
+# A finished step's outputs, stored by a batch run for its next attempt to restore.
+checkpoints = sa.Table(
+    "pipeserve_checkpoints",
+    metadata,
+    sa.Column("run_id", sa.String(36), primary_key=True),
+    sa.Column("step", sa.String(255), primary_key=True),
+    # The attempt that ran the step, and the version of the pipeline it ran.
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("pipeline_version", sa.String(64), nullable=False),
+    # One format and byte size per output (`checkpoint_formats`).
+    sa.Column("formats", sa.JSON, nullable=False),
+    sa.Column("sizes", sa.JSON, nullable=False),
+    # The outputs' bytes; null when they are in the object store at `location`.
+    sa.Column("data", sa.LargeBinary),
+    sa.Column("location", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
+    # Retention asks whether any row still names a location before deleting its object.
+    sa.Index("ix_pipeserve_checkpoints_location", "location"),
 )
 
 JSON_COLUMNS: Final = frozenset(c.name for c in runs.c if isinstance(c.type, sa.JSON))

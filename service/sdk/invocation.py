@@ -12,10 +12,10 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from service.sdk.pipeline import Pipeline
 from service.status import RunStatus, StepEventKind, StepStatus
@@ -23,11 +23,24 @@ from service.status import RunStatus, StepEventKind, StepStatus
 logger = logging.getLogger("pipeserve.runner")
 
 
+@dataclass(frozen=True, slots=True)
+class CheckpointInfo:
+    """What a run's record shows of a step's checkpoint: never its bytes."""
+
+    formats: tuple[str, ...]
+    bytes: int
+
+
 @dataclass(slots=True)
 class StepRecord:
     status: StepStatus = "pending"
     started_at: float | None = None
     duration: float | None = None
+    # How many times the step's function was called: more than 1 after retries.
+    tries: int = 0
+    # A restored step: the attempt of its run whose checkpoint it was restored from.
+    restored_from: int | None = None
+    checkpoint: CheckpointInfo | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +61,28 @@ class StepEvent:
     at: float
     duration: float | None = None
     error: StepError | None = None
+    # A `step_retrying` event: the try that failed, and the wait before the next.
+    tries: int | None = None
+    delay: float | None = None
 
 
 StepListener = Callable[[StepEvent], None]
+
+
+class Checkpointer(Protocol):
+    """Stores a finished step's outputs, with its `step_finished` event, before any step
+    that consumes them starts (a batch run's, to resume from). `consumed`: a step of the
+    run takes them; if none does, nothing waits for them, and they go with the next write."""
+
+    def save(
+        self, event: StepEvent, record: StepRecord, values: tuple[Any, ...], consumed: bool
+    ) -> None:
+        """From the worker thread that ran a sync step: returns once it is stored."""
+
+    async def save_async(
+        self, event: StepEvent, record: StepRecord, values: tuple[Any, ...], consumed: bool
+    ) -> None:
+        """From the event loop, for an async step."""
 
 
 def new_run_id() -> str:
@@ -124,9 +156,55 @@ class Invocation:
     thread_futures: list[Future[Any]] = field(default_factory=list)
     # Read by the runner between steps, from any thread: a plain flag suffices for that.
     cancel_requested: bool = False
-    # What `StepContext.cancelled()` reads; made only for a pipeline with a step that takes
-    # a StepContext (a threading.Event costs more to make than a one-step run).
+    # What `StepContext.cancelled()` reads and a retry's wait ends on; made only for a
+    # pipeline with a step that takes a StepContext or retries (a threading.Event costs
+    # more to make than a one-step run).
     cancel_event: threading.Event | None = None
+    # `time.monotonic()` past which no retry starts: the run's deadline, if it has one.
+    deadline: float | None = None
+    checkpointer: Checkpointer | None = None
+    # The plan's steps a resumed run restored from checkpoints, their values already set.
+    restored: set[int] = field(default_factory=set)
+
+    def restore(
+        self, index: int, name: str, values: tuple[Any, ...], attempt: int, info: CheckpointInfo
+    ) -> None:
+        """Take a step's outputs from a checkpoint: the runner will not run the step."""
+        if name not in self.records:
+            return  # not in this run's plan (`until`)
+        self.values[index] = values
+        self.restored.add(index)
+        record = self.records[name]
+        record.status = "restored"
+        record.restored_from = attempt
+        record.checkpoint = info
+
+    def settle_restored(self, upstream: Sequence[Sequence[int]], names: Sequence[str]) -> int:
+        """Keep only the restored steps whose upstream steps are all restored too; the
+        others run again. A step that runs again may give other outputs: a restored step
+        computed from its old ones would mix two executions. Returns how many are kept."""
+        kept: set[int] = set()
+        for i in self.plan.members:  # in topological order
+            if i in self.restored and all(u in kept for u in upstream[i]):
+                kept.add(i)
+        for i in self.restored - kept:
+            self.values[i] = None
+            self.records[names[i]] = StepRecord()
+        self.restored = kept
+        return len(kept)
+
+    def retry_wait(self, delay: float) -> bool:
+        """Wait before a sync step's retry; False if the run was cancelled meanwhile.
+        (A pipeline with a retrying step always has a `cancel_event`.)"""
+        assert self.cancel_event is not None
+        self.cancel_event.wait(delay)
+        return not self.cancel_requested
+
+    def may_retry(self, delay: float) -> bool:
+        """Whether a retry after `delay` starts before the run's deadline and any cancel."""
+        if self.cancel_requested:
+            return False
+        return self.deadline is None or time.monotonic() + delay < self.deadline
 
     def cancel(self) -> None:
         """Cooperative: no further step starts; the caller cancels the awaiting task."""

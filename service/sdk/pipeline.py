@@ -7,7 +7,7 @@ import inspect
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 from service.errors import PipelineDefinitionError
 from service.sdk.step import Parameter, Step, active_tracer
@@ -18,6 +18,9 @@ from service.sdk.tracing import (
     check_json_type,
     toposort,
 )
+
+# What a run resumed by another version of its pipeline does: fail, or start over.
+VersionChange = Literal["fail", "restart"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +76,27 @@ class Pipeline:
         on_cleanup: Callable[..., Any] | None = None,
         version: str | None = None,
         retry_safe: bool = False,
+        resume: bool = True,
+        max_attempts: int = 3,
+        on_version_change: VersionChange = "fail",
     ) -> None:
         self.func = func
         self.name = name or func.__name__
         self.on_init = on_init
         self.on_cleanup = on_cleanup
         self.retry_safe = retry_safe
+        self.resume = resume
+        if max_attempts < 1:
+            raise PipelineDefinitionError(
+                f"pipeline '{self.name}': max_attempts must be at least 1, not {max_attempts}"
+            )
+        self.max_attempts = max_attempts
+        if on_version_change not in ("fail", "restart"):
+            raise PipelineDefinitionError(
+                f"pipeline '{self.name}': on_version_change is 'fail' or 'restart', "
+                f"not {on_version_change!r}"
+            )
+        self.on_version_change = on_version_change
         self.parameters = self._read_parameters()
         self.steps, self.outputs = self._trace()
         self.steps_by_name = {node.name: node for node in self.steps}
@@ -235,6 +253,15 @@ class Pipeline:
         return f"<Pipeline {self.name} steps={[n.name for n in self.steps]}>"
 
 
+def downstream_of(pipeline: Pipeline, name: str) -> set[str]:
+    """The step `name` and every step that depends on it, directly or not."""
+    found = {pipeline.steps_by_name[name].index}
+    for node in pipeline.steps:  # topological order: upstream steps come first
+        if any(u in found for u in node.upstream):
+            found.add(node.index)
+    return {pipeline.steps[i].name for i in found}
+
+
 @typing.overload
 def pipeline(func: Callable[..., Any], /) -> Pipeline: ...
 
@@ -247,6 +274,9 @@ def pipeline(
     on_cleanup: Callable[..., Any] | None = None,
     version: str | None = None,
     retry_safe: bool = False,
+    resume: bool = True,
+    max_attempts: int = 3,
+    on_version_change: VersionChange = "fail",
 ) -> Callable[[Callable[..., Any]], Pipeline]: ...
 
 
@@ -259,13 +289,23 @@ def pipeline(
     on_cleanup: Callable[..., Any] | None = None,
     version: str | None = None,
     retry_safe: bool = False,
+    resume: bool = True,
+    max_attempts: int = 3,
+    on_version_change: VersionChange = "fail",
 ) -> Pipeline | Callable[[Callable[..., Any]], Pipeline]:
     """Trace a pipeline function into a servable `Pipeline`.
 
     `on_init()` runs once per server process before it is ready; its return value is
     the shared state that steps read through their `StepContext`. `on_cleanup()` (or
-    `on_cleanup(state)`) runs at shutdown. `retry_safe=True` lets a run interrupted by a
-    crash run again instead of being marked failed.
+    `on_cleanup(state)`) runs at shutdown.
+
+    A batch run whose process died or was drained resumes: it is queued again and its
+    next attempt restores the outputs of the steps that finished (their checkpoints)
+    and runs the rest. `resume=False` turns that off: such a run then fails as
+    `interrupted`, or with `retry_safe=True` runs again from its first step.
+    `max_attempts`: a run interrupted that many times fails as `too_many_attempts`.
+    `on_version_change`: a run whose checkpoints another version of the pipeline wrote
+    fails as `version_changed` (`"fail"`), or runs again from its first step (`"restart"`).
     """
 
     def wrap(f: Callable[..., Any]) -> Pipeline:
@@ -276,6 +316,9 @@ def pipeline(
             on_cleanup=on_cleanup,
             version=version,
             retry_safe=retry_safe,
+            resume=resume,
+            max_attempts=max_attempts,
+            on_version_change=on_version_change,
         )
 
     if func is not None:

@@ -16,6 +16,7 @@ import time
 from concurrent.futures import Executor
 from typing import Any
 
+from service.sdk.calling import StepCalls
 from service.sdk.invocation import (
     Invocation,
     Plan,
@@ -26,9 +27,8 @@ from service.sdk.invocation import (
     make_plan,
     new_run_id,
 )
-from service.sdk.pipeline import Constant, FromParameter, FromStep, Pipeline
+from service.sdk.pipeline import Pipeline
 from service.sdk.requests import InvokeRequestData
-from service.sdk.step import StepContext
 
 __all__ = [
     "Invocation",
@@ -43,8 +43,6 @@ __all__ = [
 
 logger = logging.getLogger("pipeserve.runner")
 
-_FROM_STEP, _FROM_PARAMETER, _CONSTANT = 0, 1, 2
-
 
 class Runner:
     """Runs invocations of one pipeline; `state` is what `on_init` returned."""
@@ -54,22 +52,12 @@ class Runner:
         self.executor = executor
         self.state = state
         self._nodes = pipeline.steps
-        self._takes_context = any(n.step.context_parameter is not None for n in pipeline.steps)
-        self._arg_plans = [
-            tuple(self._arg_plan(name, source) for name, source in node.arguments.items())
-            for node in pipeline.steps
-        ]
+        self._needs_cancel_event = any(
+            n.step.context_parameter is not None or n.step.retry.retries for n in pipeline.steps
+        )
+        self._calls = StepCalls(pipeline, state)
         # Plans for `until` are made on first use: a cache, not shared mutable state.
         self._plans: dict[str | None, Plan] = {None: make_plan(pipeline, None)}
-
-    @staticmethod
-    def _arg_plan(name: str, source: Any) -> tuple[str, int, Any, int]:
-        if isinstance(source, FromStep):
-            return (name, _FROM_STEP, source.step_index, source.output_index)
-        if isinstance(source, FromParameter):
-            return (name, _FROM_PARAMETER, source.name, 0)
-        assert isinstance(source, Constant)
-        return (name, _CONSTANT, source.value, 0)
 
     def invocation(
         self,
@@ -88,7 +76,7 @@ class Runner:
             listener=listener,
             records={self._nodes[i].name: StepRecord() for i in plan.members},
             values=[None] * len(self._nodes),
-            cancel_event=threading.Event() if self._takes_context else None,
+            cancel_event=threading.Event() if self._needs_cancel_event else None,
         )
 
     async def run(self, inv: Invocation) -> Invocation:
@@ -118,6 +106,8 @@ class Runner:
         plan = inv.plan
         remaining = list(plan.remaining)
         ready = list(plan.roots)
+        if inv.restored:
+            ready = self._resume_from(inv, remaining)
         running: dict[asyncio.Future[Any], int] = {}
         nodes = self._nodes
         try:
@@ -127,7 +117,7 @@ class Runner:
                         # Alone: run it here, without a task; a sync one chains in its thread.
                         i = ready.pop()
                         if nodes[i].step.is_async:
-                            if await self._run_async(inv, i):
+                            if await self._calls.run_async(inv, i):
                                 ready.extend(self._release(i, remaining, plan))
                         else:
                             chain = self.executor.submit(self._run_sync_chain, inv, i, remaining)
@@ -139,9 +129,9 @@ class Runner:
                         i = ready.pop()
                         fut: asyncio.Future[Any]
                         if nodes[i].step.is_async:
-                            fut = asyncio.ensure_future(self._run_async(inv, i))
+                            fut = asyncio.ensure_future(self._calls.run_async(inv, i))
                         else:
-                            single = self.executor.submit(self._run_sync, inv, i)
+                            single = self.executor.submit(self._calls.run_sync, inv, i)
                             inv.thread_futures.append(single)
                             fut = asyncio.wrap_future(single)
                         running[fut] = i
@@ -164,6 +154,15 @@ class Runner:
             raise
 
     @staticmethod
+    def _resume_from(inv: Invocation, remaining: list[int]) -> list[int]:
+        """The steps to start a resumed run with: those whose every input is restored."""
+        restored = inv.restored
+        for r in restored:
+            for d in inv.plan.downstream[r]:
+                remaining[d] -= 1
+        return [i for i in inv.plan.members if i not in restored and remaining[i] == 0]
+
+    @staticmethod
     async def _abandon(running: dict[asyncio.Future[Any], int]) -> None:
         for fut in running:
             fut.cancel()
@@ -183,97 +182,12 @@ class Runner:
         # thread alone touches `remaining` until it returns.
         nodes = self._nodes
         while True:
-            if not self._run_sync(inv, i):
+            if not self._calls.run_sync(inv, i):
                 return []
             newly = self._release(i, remaining, inv.plan)
             if len(newly) != 1 or nodes[newly[0]].step.is_async or inv.cancel_requested:
                 return newly
             i = newly[0]
-
-    def _kwargs(self, inv: Invocation, i: int) -> dict[str, Any]:
-        node = self._nodes[i]
-        overrides = inv.step_parameters.get(node.name)
-        values = inv.values
-        kwargs: dict[str, Any] = {}
-        for name, kind, a, b in self._arg_plans[i]:
-            if overrides is not None and name in overrides:
-                kwargs[name] = overrides[name]
-            elif kind == _FROM_STEP:
-                kwargs[name] = values[a][b]
-            elif kind == _FROM_PARAMETER:
-                kwargs[name] = inv.parameters[a]
-            else:
-                kwargs[name] = a
-        context_parameter = node.step.context_parameter
-        if context_parameter is not None:
-            cancel_event = inv.cancel_event
-            assert cancel_event is not None  # made for every pipeline with such a step
-            kwargs[context_parameter] = StepContext(
-                state=self.state,
-                run_id=inv.run_id,
-                step_name=node.name,
-                pipeline_name=self.pipeline.name,
-                parameters=inv.parameters,
-                _cancel_event=cancel_event,
-            )
-        return kwargs
-
-    def _finished(
-        self, inv: Invocation, i: int, record: StepRecord, t0: float, result: Any
-    ) -> bool:
-        node = self._nodes[i]
-        record.duration = time.perf_counter() - t0
-        n_outputs = len(node.step.output_names)
-        if n_outputs == 1:
-            inv.values[i] = (result,)
-        elif isinstance(result, tuple) and len(result) == n_outputs:
-            inv.values[i] = result
-        else:
-            got = len(result) if isinstance(result, tuple) else 1
-            return inv.step_failed(
-                node.name,
-                record,
-                t0,
-                TypeError(
-                    f"step '{node.name}' returned {got} value(s) but declares "
-                    f"{n_outputs} outputs {list(node.step.output_names)}"
-                ),
-            )
-        record.status = "completed"
-        if inv.listener is not None:
-            inv.listener(
-                StepEvent(inv.run_id, "step_finished", node.name, time.time(), record.duration)
-            )
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug(
-                "step finished",
-                extra={"run_id": inv.run_id, "step": node.name, "duration": record.duration},
-            )
-        return True
-
-    def _run_sync(self, inv: Invocation, i: int) -> bool:
-        if inv.cancel_requested:
-            return False
-        record = inv.step_started(self._nodes[i].name)
-        t0 = time.perf_counter()
-        try:
-            result = self._nodes[i].step.func(**self._kwargs(inv, i))
-        except Exception as exc:
-            return inv.step_failed(self._nodes[i].name, record, t0, exc)
-        return self._finished(inv, i, record, t0, result)
-
-    async def _run_async(self, inv: Invocation, i: int) -> bool:
-        record = inv.step_started(self._nodes[i].name)
-        t0 = time.perf_counter()
-        try:
-            result = await self._nodes[i].step.func(**self._kwargs(inv, i))
-        except asyncio.CancelledError:
-            record.status = "cancelled"
-            record.duration = time.perf_counter() - t0
-            raise
-        except Exception as exc:
-            return inv.step_failed(self._nodes[i].name, record, t0, exc)
-        return self._finished(inv, i, record, t0, result)
 
 
 def run_pipeline(

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from service.errors import PipelineDefinitionError
+from service.sdk.retries import TRANSIENT, RetryPolicy
 
 if TYPE_CHECKING:
     from service.sdk.tracing import Tracer
@@ -30,6 +31,7 @@ Async = Coroutine[Any, Any, T]
 active_tracer: ContextVar[Tracer | None] = ContextVar("pipeserve_tracer", default=None)
 
 EMPTY: Any = inspect.Parameter.empty
+NO_RETRY = RetryPolicy()
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +104,20 @@ class Step(Generic[F]):
     steps that have no StepContext.)
     """
 
-    def __init__(self, func: F, name: str | None = None) -> None:
+    def __init__(
+        self,
+        func: F,
+        name: str | None = None,
+        *,
+        checkpoint: bool = True,
+        retry: RetryPolicy = NO_RETRY,
+    ) -> None:
         self.func = func
         self.name = name or func.__name__
+        # Whether a batch run stores this step's outputs, to restore them on resume.
+        self.checkpoint = checkpoint
+        retry.check(self.name)
+        self.retry = retry
         self.is_async = inspect.iscoroutinefunction(func)
         try:
             hints = typing.get_type_hints(func, include_extras=True)
@@ -238,10 +251,32 @@ def step(func: F, /) -> Step[F]: ...
 
 
 @overload
-def step(*, name: str | None = None) -> Callable[[F], Step[F]]: ...
+def step(
+    *,
+    name: str | None = None,
+    checkpoint: bool = True,
+    retries: int = 0,
+    retry_delay: float = 1.0,
+    backoff: float = 2.0,
+    max_delay: float = 60.0,
+    retry_on: tuple[type[BaseException], ...] = TRANSIENT,
+    jitter: float = 0.1,
+) -> Callable[[F], Step[F]]: ...
 
 
-def step(func: F | None = None, /, *, name: str | None = None) -> Step[F] | Callable[[F], Step[F]]:
+def step(
+    func: F | None = None,
+    /,
+    *,
+    name: str | None = None,
+    checkpoint: bool = True,
+    retries: int = 0,
+    retry_delay: float = 1.0,
+    backoff: float = 2.0,
+    max_delay: float = 60.0,
+    retry_on: tuple[type[BaseException], ...] = TRANSIENT,
+    jitter: float = 0.1,
+) -> Step[F] | Callable[[F], Step[F]]:
     """Make a function (`def` or `async def`) a pipeline step.
 
     Parameters with defaults can be overridden per request; the return value is the
@@ -249,10 +284,18 @@ def step(func: F | None = None, /, *, name: str | None = None) -> Step[F] | Call
     of those. A parameter typed `StepContext` is pipeserve's to pass, not the pipeline's:
     put it first, second or third (for the type checker), and pass the parameters after
     it by keyword.
+
+    `retries=N`: a step that raises one of `retry_on` (by default `ConnectionError` and
+    `TimeoutError`) runs again, up to N more times, after `retry_delay` seconds growing
+    by `backoff` a retry (at most `max_delay`, jittered down by up to `jitter`), and
+    never past its run's deadline. `checkpoint=False`: a batch run does not store this
+    step's outputs (say, a value too large or not to be pickled), so a resumed run runs
+    the step again.
     """
+    policy = RetryPolicy(retries, retry_delay, backoff, max_delay, tuple(retry_on), jitter)
 
     def wrap(f: F) -> Step[F]:
-        return Step(f, name=name)
+        return Step(f, name=name, checkpoint=checkpoint, retry=policy)
 
     if func is not None:
         return wrap(func)

@@ -61,6 +61,7 @@ class Invoker:
         # The models hold a requested timeout to max_timeout already (a 422 otherwise).
         deadline = self.settings.timeout if data.timeout is None else data.timeout
         inv = runner.invocation(data)
+        inv.deadline = time.monotonic() + deadline
         # The scope's state dict itself: `request.state` builds a State object per request.
         request.scope["state"]["run_id"] = inv.run_id
         await self._acquire_slot()

@@ -26,12 +26,13 @@ from service.server.schema import (
     RunAccepted,
     RunList,
     RunRecord,
+    RunRetried,
 )
 
 _REF = "#/components/schemas/{model}"
 _RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     InvokeResponse, InvokeFailure, ErrorResponse, PipelineInfo, HealthResponse,
-    RunRecord, RunList, RunAccepted, ProphecyTriggered, ProphecyRunStatus,
+    RunRecord, RunList, RunAccepted, RunRetried, ProphecyTriggered, ProphecyRunStatus,
 )  # fmt: skip
 
 # Always declared (auth turns on whenever a key exists, at run time): the docs page's

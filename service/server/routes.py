@@ -120,6 +120,19 @@ _LIST_PARAMETERS = (
         "schema": {"type": "string", "format": "pipeserve-cursor", "pattern": CURSOR_PATTERN},
     },
 )
+
+
+def _from_step_parameter(step_names: Sequence[str]) -> dict[str, Any]:
+    return {
+        "name": "from_step",
+        "in": "query",
+        "required": False,
+        "description": "Run this step and every step after it again; restore the checkpoints "
+        "of the others. Without it, every step with a checkpoint is restored.",
+        "schema": {"type": "string", "enum": list(step_names)},
+    }
+
+
 _EVENTS_PARAMETERS = (
     RUN_ID_PARAMETER,
     {
@@ -194,8 +207,8 @@ def route_table(invoker: Invoker, about: About, runs: RunsAPI) -> tuple[Path, ..
             Operation(
                 "GET", runs.events, "run_events",
                 "The run's events as Server-Sent Events, until it ends",
-                (Reply(200, "", "queued, step_started, step_finished, step_failed, then one "
-                       "named after the final status.",
+                (Reply(200, "", "queued, step_started, step_retrying, step_finished, "
+                       "step_failed, then one named after the final status.",
                        content={"text/event-stream": {"schema": _SSE_EVENT}}),),
                 errors=(e.NotFound, e.ValidationFailed, e.StoreUnavailable),
                 parameters=_EVENTS_PARAMETERS,
@@ -208,6 +221,16 @@ def route_table(invoker: Invoker, about: About, runs: RunsAPI) -> tuple[Path, ..
                  Reply(202, "RunRecord", "Cancelling: a sync step must finish first.")),
                 errors=(e.NotFound, e.Conflict, e.StoreUnavailable),
                 parameters=(RUN_ID_PARAMETER,),
+            ),
+        )),
+        Path("/runs/{run_id}/retry", (
+            Operation(
+                "POST", runs.retry, "retry_run",
+                "Run an ended run again, restoring its checkpoints before from_step",
+                (Reply(202, "RunRetried", "Queued: the new run."),),
+                errors=(e.NotFound, e.Conflict, e.VersionChanged, e.ValidationFailed,
+                        e.TooManyRequests, e.ServiceUnavailable),
+                parameters=(RUN_ID_PARAMETER, _from_step_parameter(runs.models.step_names)),
             ),
         )),
         Path("/api/trigger/pipeline", (

@@ -1,4 +1,5 @@
-"""The HTTP routes of runs: submit, follow, list, stream, cancel; and Prophecy's trigger API."""
+"""The HTTP routes of runs: submit, follow, list, stream, cancel, retry; and Prophecy's
+trigger API."""
 
 from __future__ import annotations
 
@@ -94,6 +95,23 @@ class RunsAPI:
     async def cancel(self, request: Request) -> Response:
         row, done = await self.runs.cancel(_run_id(request))
         return JSONBody(render(row), status_code=200 if done else 202)
+
+    async def retry(self, request: Request) -> Response:
+        self.check_accepting()
+        query = request.query_params
+        unknown = sorted(set(query) - {"from_step"})
+        if unknown:
+            raise _query_error(unknown[0], "unknown query parameter", "extra_forbidden")
+        run_id = _run_id(request)
+        row = await self.runs.retry(run_id, query.get("from_step"))
+        request.state.run_id = row.run_id
+        status_url = str(request.url_for(RUN_ROUTE, run_id=row.run_id))
+        return JSONBody(
+            {"run_id": row.run_id, "status": row.status, "status_url": status_url,
+             "retry_of": run_id},
+            status_code=202,
+            headers={"Location": status_url},
+        )  # fmt: skip
 
     async def events(self, request: Request) -> Response:
         run_id = _run_id(request)

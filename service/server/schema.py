@@ -9,10 +9,22 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.status import RunKind, RunStatus, StepStatus, WebhookStatus
 
 
+class StepCheckpointInfo(BaseModel):
+    formats: list[str] = Field(
+        description="One per output: json, npy, parquet or pickle (see the README)."
+    )
+    bytes: int = Field(description="The checkpoint's size; its bytes are never shown.")
+
+
 class StepRunInfo(BaseModel):
     status: StepStatus
     started_at: Optional[str] = None
-    duration: Optional[float] = Field(None, description="Seconds.")
+    duration: Optional[float] = Field(None, description="Seconds, retries included.")
+    tries: int = Field(0, description="Calls of the step: more than 1 after retries.")
+    restored_from: Optional[int] = Field(
+        None, description="A restored step: the attempt whose checkpoint it took."
+    )
+    checkpoint: Optional[StepCheckpointInfo] = None
 
 
 class RunMetadata(BaseModel):
@@ -116,7 +128,14 @@ class RunRecord(BaseModel):
     updated_at: str
     finished_at: Optional[str] = None
     duration: Optional[float] = Field(None, description="Seconds.")
-    attempt: int = Field(description="1 for the first execution; more after a takeover.")
+    attempt: int = Field(
+        description="1 for the first execution; more after its process died or drained."
+    )
+    interrupted_attempts: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="The attempts that ended without the run ending: attempt, owner, "
+        "started_at, ended_at, reason (lease_expired or drained).",
+    )
     parameters_used: dict[str, Any]
     steps: dict[str, StepRunInfo]
     error: Optional[ErrorInfo] = None
@@ -135,6 +154,10 @@ class RunAccepted(BaseModel):
     run_id: str
     status: RunStatus
     status_url: str
+
+
+class RunRetried(RunAccepted):
+    retry_of: str = Field(description="The run this one retries.")
 
 
 class ProphecyTriggered(BaseModel):

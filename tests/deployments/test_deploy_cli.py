@@ -299,6 +299,35 @@ def test_deprovision_stops_every_worker_process(cli: CLI) -> None:
     assert cli.processes() == []
 
 
+def test_retry_reruns_a_failed_run_from_its_checkpoints(cli: CLI, tmp_path: Path) -> None:
+    cli("deploy", "tests.durable_pipelines:checked", "--name", "retry", "--poll-interval", "0.2")
+    url = cli.describe("retry")["url"]
+    log, gate = tmp_path / "run.log", tmp_path / "fixed"
+    with httpx.Client(base_url=url, timeout=30) as http:
+        params = {"log": str(log), "gate": str(gate)}
+        run_id = http.post("/runs", json={"parameters": params}).json()["run_id"]
+        deadline = time.monotonic() + 20
+        while http.get(f"/runs/{run_id}").json()["status"] != "failed":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    unknown = cli("deployment", "retry", "retry", run_id, "--from-step", "nope", ok=False)
+    assert unknown.returncode == 1
+    assert "422 validation_error" in unknown.stderr and "no step 'nope'" in unknown.stderr
+    gate.touch()  # the data source is fixed
+    retried = json.loads(cli("deployment", "retry", "retry", run_id, "--wait").stdout)
+    assert retried["status"] == "succeeded" and retried["run_id"] != run_id
+    assert retried["steps"]["double"]["status"] == "restored"
+    rerun = json.loads(
+        cli("deployment", "retry", "retry", run_id, "--from-step", "double", "--wait").stdout
+    )
+    assert [rerun["steps"][s]["status"] for s in ("start", "double", "check", "finish")] == [
+        "restored", "completed", "completed", "completed",
+    ]  # fmt: skip
+    cli("deployment", "deprovision", "retry")
+    gone = cli("deployment", "retry", "retry", run_id, ok=False)
+    assert gone.returncode == 1 and "is stopped" in gone.stderr
+
+
 def test_a_webhook_secret_reaches_the_server_and_is_never_shown(cli: CLI) -> None:
     secret = "whsec-deploy-7c1e"
     receiver = Receiver(failures=0)

@@ -245,7 +245,7 @@ def test_pruning_deletes_in_many_transactions(database_url: str) -> None:
 
     cutoff = store.prune_cutoff(100)
     assert cutoff is not None
-    deleted = [store.prune(now - 86400, cutoff) for _ in range(4)]
+    deleted = [store.prune(now - 86400, cutoff)[0] for _ in range(4)]
     assert deleted == [PRUNE_BATCH, PRUNE_BATCH, total - 100 - 2 * PRUNE_BATCH, 0]
     listed = store.list_runs(None, 1000, None)
     # Newest first: the queued run, not finished, is kept though created before them all.
@@ -255,7 +255,7 @@ def test_pruning_deletes_in_many_transactions(database_url: str) -> None:
     ]
     assert store.prune_cutoff(100) is None
     # By age alone: every finished run, none of the other deployment's.
-    assert store.prune(now + total, None) == 100
+    assert store.prune(now + total, None) == (100, [])
     assert [r.run_id for r in store.list_runs(None, 1000, None)] == [queued.run_id]
     assert other.get(kept_elsewhere.run_id) is not None
     store.close()
@@ -282,7 +282,7 @@ def test_pruning_sends_the_same_statements_whatever_the_batch(database_url: str)
         ]  # fmt: skip
         store.write_batch([store.prepare_finished(r)[0] for r in rows], [], {}, now)
         sent.clear()
-        assert store.prune(now + 1, None) == size
+        assert store.prune(now + 1, None) == (size, [])
         if size == 1:
             first = set(sent)
         assert sent == first

@@ -174,7 +174,20 @@ def test_each_worker_drains_on_sigterm(servers: ServerFactory) -> None:
     server = servers.start("tests.sample_pipelines:echo", "--workers", "2", "--shutdown-delay", "3")
     server.wait_all_workers_ready()
     server.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.3)  # the supervisor passes it on to each worker
+
+    def status() -> str | None:
+        with contextlib.suppress(httpx.TransportError):
+            answer: str = httpx.get(server.url + "/ready", timeout=1).json()["status"]
+            return answer
+        return None
+
+    # The supervisor passes it on to each worker, at once; on a loaded machine a worker
+    # may take a moment to act on it, so the sample starts once one has, a moment later.
+    deadline = time.monotonic() + 5.0
+    while status() != "draining":
+        assert time.monotonic() < deadline, "no worker started draining"
+        time.sleep(0.02)
+    time.sleep(0.3)
     deadline = time.monotonic() + 2.0
     answers: list[str] = []
     while time.monotonic() < deadline and len(answers) < 20:

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 # Our own version table, so that pipeserve can share a database with an app using Alembic.
 VERSION_TABLE = "pipeserve_alembic_version"
 # The newest revision in versions/.
-HEAD = "0002"
+HEAD = "0003"
 
 
 def current_revision(conn: Connection) -> str | None:

@@ -42,7 +42,9 @@ def load_average() -> list[float]:
     return list(os.getloadavg())
 
 
-def describe() -> dict[str, Any]:
+def describe(load: str = "wrk") -> dict[str, Any]:
+    """The machine, and `load`'s version: the wrk of the HTTP benchmarks, or none (a
+    benchmark that drives its servers itself, as `bench.checkpoints` does)."""
     return {
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
@@ -53,7 +55,7 @@ def describe() -> dict[str, Any]:
         # uvicorn's "auto" picks these for both servers when they import.
         "uvicorn_loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         "uvicorn_http": "httptools" if importlib.util.find_spec("httptools") else "h11",
-        "wrk": wrk_version(),
+        "wrk": wrk_version() if load == "wrk" else None,
         "commit": _git("rev-parse", "--short", "HEAD"),
         "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
     }

@@ -98,6 +98,12 @@ def etl(source: str, limit: Limit = 100, label: str = "total") -> Any:
     return aggregate(clean(load(source, limit)), label)
 
 
+@pipeline(name="etl", resume=False)
+def etl_unchecked(source: str, limit: Limit = 100, label: str = "total") -> Any:
+    """etl without checkpoints: the baseline of `bench.checkpoints`."""
+    return aggregate(clean(load(source, limit)), label)
+
+
 ETL_BODY = (
     b'{"parameters": {"source": "s3://bucket/data.csv", "limit": 500, "label": "sum"}, '
     b'"steps": {"clean": {"parameters": {"drop_negative": false}}}, "timeout": 30}'

@@ -57,6 +57,21 @@ def test_the_harness_runs_end_to_end_in_smoke_mode_and_renders_its_json(tmp_path
     assert rendered.stdout.rstrip("\n") == tables
 
 
+def test_the_checkpoint_benchmark_runs_in_smoke_mode(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.checkpoints", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT, env=server_env(), capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    [path] = tmp_path.glob("*-smoke-checkpoints-sqlite.json")
+    results = json.loads(path.read_text())
+    [row] = results["rounds"]
+    # Three checkpoints a run (etl's three steps), none for the resume=False twin.
+    assert row["valid"] and row["checkpoints_written"] == 3 * results["runs_per_round"]
+    assert results["ratio_median"] > 0 and results["checkpoint_bytes_per_run"] > 0
+    assert set(row["runs_per_second"]) == {"checkpoints", "no_checkpoints"}
+
+
 def _run(rps: float, errors: int = 0) -> LoadResult:
     return LoadResult(
         connections=8, requests=int(rps * 2), seconds=2.0, rps=rps, p50_ms=1.0, p90_ms=2.0,

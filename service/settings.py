@@ -162,6 +162,12 @@ class Settings(BaseSettings):
         description="Checkpoint values that have no pickle-free form (JSON, .npy, Parquet) "
         "with pickle. The run store must then be trusted like code: pickle runs what it reads.",
     )
+    checkpoint_invocations: bool = Field(
+        False,
+        description="Checkpoint the steps of /invoke runs too (written behind with their "
+        "record), so that POST /runs/{id}/retry restores them; costs each /invoke the encoding "
+        "of its steps' outputs.",
+    )
     checkpoint_url: Optional[str] = Field(
         None,
         description="A directory or object store URL (fsspec: s3://, gs://, file://) for "

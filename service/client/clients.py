@@ -145,10 +145,13 @@ class Client(_Base):
         """A handle on an existing run (e.g. an invocation's `result.run_id`)."""
         return RunHandle(self, run_id)
 
-    def retry(self, run_id: str, *, from_step: str | None = None) -> RunHandle:
+    def retry(
+        self, run_id: str, *, from_step: str | None = None, idempotency_key: str | None = None
+    ) -> RunHandle:
         """Run an ended run again (`POST /runs/{id}/retry`): a new run that restores the
-        original's checkpoints, but those of `from_step` and after; a handle to follow it."""
-        answer = self._run(core.retry(run_id, from_step, self.policy))
+        original's checkpoints, but those of `from_step` and after; a handle to follow it.
+        With an `idempotency_key`, asking twice queues one run."""
+        answer = self._run(core.retry(run_id, from_step, idempotency_key, self.policy))
         return RunHandle(self, answer["run_id"])
 
     def runs(
@@ -268,8 +271,10 @@ class AsyncClient(_Base):
     def run(self, run_id: str) -> AsyncRunHandle:
         return AsyncRunHandle(self, run_id)
 
-    async def retry(self, run_id: str, *, from_step: str | None = None) -> AsyncRunHandle:
-        answer = await self._run(core.retry(run_id, from_step, self.policy))
+    async def retry(
+        self, run_id: str, *, from_step: str | None = None, idempotency_key: str | None = None
+    ) -> AsyncRunHandle:
+        answer = await self._run(core.retry(run_id, from_step, idempotency_key, self.policy))
         return AsyncRunHandle(self, answer["run_id"])
 
     async def runs(

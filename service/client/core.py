@@ -163,9 +163,12 @@ def cancel(run_id: str, policy: RetryPolicy) -> Operation[dict[str, Any]]:
     return record
 
 
-def retry(run_id: str, from_step: str | None, policy: RetryPolicy) -> Operation[dict[str, Any]]:
+def retry(
+    run_id: str, from_step: str | None, idempotency_key: str | None, policy: RetryPolicy
+) -> Operation[dict[str, Any]]:
     query = "" if from_step is None else "?" + urllib.parse.urlencode({"from_step": from_step})
-    request = Request("POST", run_path(run_id) + "/retry" + query)
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    request = Request("POST", run_path(run_id) + "/retry" + query, headers=headers)
     answer: dict[str, Any] = yield from call(request, policy, 202)
     return answer
 

@@ -8,7 +8,8 @@ PostgreSQL over `database` and `tables`, a `store_*` module per family of querie
 `checkpoint_objects` store for large ones), the write-behind recorder of `/invoke` runs and
 step events, run records as the API's JSON, and the run
 manager: the facade the server holds (`manager`) over dispatch and execution, leases and
-recovery, the webhook outbox, the event stream and retention, a module each. `tasks`
+recovery, the webhook outbox, the event stream, retention and retries of ended runs
+(`reruns`), a module each. `tasks`
 holds background tasks for the server too.
 
 May import: `service.sdk`, `service.observe`, `service.errors`, `service.status`,

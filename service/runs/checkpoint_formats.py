@@ -97,6 +97,19 @@ def encode(values: tuple[Any, ...], *, allow_pickle: bool = True) -> Encoded | N
     )
 
 
+def least_size(values: tuple[Any, ...]) -> int:
+    """Bytes that encoding `values` takes at least, known without encoding them: the raw
+    size of numpy arrays, bytes and strings (every form stores those whole). So a value
+    far beyond a size limit is refused before it is serialized, never after."""
+    total = 0
+    for value in values:
+        if isinstance(value, bytes | bytearray | str):
+            total += len(value)
+        elif _in_package(type(value).__module__, "numpy"):
+            total += int(getattr(value, "nbytes", 0))
+    return total
+
+
 def decode(formats: Sequence[str], sizes: Sequence[int], data: bytes) -> tuple[Any, ...]:
     """The values of a checkpoint written by `encode`.
 

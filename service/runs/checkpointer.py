@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from service.observe.metrics import Metrics
 from service.runs.calls import StoreCalls, until_done
-from service.runs.checkpoint_formats import CheckpointUnreadable, decode, encode
+from service.runs.checkpoint_formats import CheckpointUnreadable, decode, encode, least_size
 from service.runs.checkpoint_objects import ObjectStore
 from service.runs.model import Checkpoint, Run, RunEnd
 from service.runs.recorder import Recorder
@@ -67,8 +67,11 @@ class RunCheckpointer:
         emit: Callable[[StepEvent], None],
         current: Callable[[], bool],
         give_up_after: float,
+        blocking: bool = True,
     ) -> None:
         self.loop = loop
+        # False for an /invoke run's: no attempt resumes it, so no step waits for a write.
+        self.blocking = blocking
         self.policy = policy
         self.recorder = recorder
         self.metrics = metrics
@@ -90,7 +93,7 @@ class RunCheckpointer:
     ) -> None:
         try:
             checkpoint = self._encode(event.step, record, values)
-            if consumed:
+            if consumed and self.blocking:
                 asyncio.run_coroutine_threadsafe(self._store(event, checkpoint), self.loop).result()
             else:
                 self.loop.call_soon_threadsafe(self._buffer, event, checkpoint)
@@ -107,7 +110,7 @@ class RunCheckpointer:
         except Exception:
             logger.exception("checkpointing a step failed", extra={"run_id": self.run_id})
             checkpoint = None
-        if consumed:
+        if consumed and self.blocking:
             await self._store(event, checkpoint)
         else:
             self._buffer(event, checkpoint)
@@ -139,6 +142,10 @@ class RunCheckpointer:
     ) -> Checkpoint | None:
         """The step's checkpoint, or None (skipped); in a worker thread."""
         policy = self.policy
+        least = least_size(values)
+        if least > policy.max_bytes:
+            self._skip("too_large", step, bytes=least, limit=policy.max_bytes)
+            return None
         encoded = encode(values, allow_pickle=policy.pickle)
         if encoded is None:
             self._skip("unencodable", step)
@@ -264,6 +271,16 @@ class Checkpoints:
         )  # fmt: skip
         return checkpointer
 
+    def attach_to_invocation(self, inv: Invocation) -> None:
+        """Checkpoint an `/invoke` run's steps, written behind with its record: for a
+        retry of it (`checkpoint_invocations`). Nothing waits for them."""
+        if not self.pipeline.resume:
+            return
+        inv.checkpointer = RunCheckpointer(
+            asyncio.get_running_loop(), self.policy, self.recorder, self.metrics, inv.run_id,
+            1, self.pipeline.version, _no_stream, _always, 0.0, blocking=False,
+        )  # fmt: skip
+
     async def restore(self, inv: Invocation, run: Run) -> RunEnd | None:
         """Restore the steps earlier attempts finished. Returns how the run ends instead,
         when another version of the pipeline made its checkpoints (`version_changed`)."""
@@ -291,3 +308,11 @@ class Checkpoints:
                 extra={"run_id": run.run_id, "attempt": run.attempt, "restored": restored},
             )
         return None
+
+
+def _no_stream(event: StepEvent) -> None:
+    """An `/invoke` run has no event stream (to stay cheap)."""
+
+
+def _always() -> bool:
+    return True

@@ -36,7 +36,6 @@ from service.errors import (
     ServiceUnavailable,
     TooManyRequests,
     ValidationFailed,
-    VersionChanged,
 )
 from service.observe.metrics import Metrics
 from service.runs.calls import StoreCalls
@@ -48,6 +47,7 @@ from service.runs.model import NewEvent, Run
 from service.runs.outbox import WebhookOutbox
 from service.runs.recorder import Recorder
 from service.runs.records import Deployment, queued_run, render
+from service.runs.reruns import check_ended, check_from_step, reused_steps
 from service.runs.retention import Retention
 from service.runs.store import (
     QueueFull,
@@ -59,7 +59,7 @@ from service.runs.stream import EventStreams
 from service.runs.tasks import BackgroundTasks
 from service.runs.waiting import wait_events
 from service.runs.webhooks import WebhookSender
-from service.sdk.pipeline import Pipeline, downstream_of
+from service.sdk.pipeline import Pipeline
 from service.sdk.requests import InvokeRequestData, RequestModels
 from service.sdk.runner import Runner
 from service.settings import Settings
@@ -126,6 +126,13 @@ class RunManager:
             requeued=self._dispatch.wake, failed=self._webhook_due,
         )  # fmt: skip
         self._streams = EventStreams(self.store, self._calls, self._dispatch.active)
+        # What /invoke calls with each new invocation, if its steps are checkpointed: by
+        # default None, and /invoke pays nothing for checkpoints.
+        self.checkpoint_invocation = (
+            self._dispatch.checkpoints.attach_to_invocation
+            if settings.checkpoint_invocations and settings.record_invocations
+            else None
+        )
         self._retention = Retention(
             settings, self.store, self._calls, self._dispatch.checkpoints.policy.objects
         )
@@ -190,44 +197,30 @@ class RunManager:
         run = queued_run(self.deployment, data, webhook_url, idempotency_key, client)
         return await self._queue(run)
 
-    async def retry(self, run_id: str, from_step: str | None = None) -> Run:
+    async def retry(
+        self, run_id: str, from_step: str | None = None, idempotency_key: str | None = None
+    ) -> tuple[Run, bool]:
         """Queue a new run with the request of run `run_id`, which has ended: it restores
-        the checkpoints of that run (those before `from_step`, with one) and runs the rest."""
+        the checkpoints of that run (those before `from_step`, with one) and runs the rest.
+        Returns (run, created), as `submit`."""
         if not self._dispatch.accepting:
             raise ServiceUnavailable("the server is shutting down", retry_after=1)
         pipeline = self._dispatch.pipeline
-        if from_step is not None and from_step not in pipeline.steps_by_name:
-            raise ValidationFailed(
-                f"from_step: the pipeline has no step '{from_step}'; its steps are "
-                f"{', '.join(pipeline.steps_by_name)}",
-                errors=[{"loc": ["query", "from_step"], "msg": "no such step",
-                         "type": "unknown_step", "input": from_step}],
-            )  # fmt: skip
+        check_from_step(pipeline, from_step)
         original = await self.require(run_id)
-        if not is_terminal(original.status):
-            raise Conflict(
-                f"run '{run_id}' is {original.status}: only a run that has ended is retried",
-                status=original.status,
-            )
+        check_ended(original)
         stored = {k: v for k, v in original.request.items() if k in _REQUEST_FIELDS}
         data = self._dispatch.models.parse_invoke_object(stored)  # 422: no longer valid
+        # An `/invoke` run's checkpoints may still be in the write-behind buffer.
+        with contextlib.suppress(Exception):
+            await self.recorder.flush()
         found = await self._calls.answer(self.store.checkpoint_summaries, run_id)
-        redo = downstream_of(pipeline, from_step) if from_step is not None else set()
-        reused = sorted(set(found) - redo)
-        others = sorted({found[s]["pipeline_version"] for s in reused} - {pipeline.version})
-        if others:
-            raise VersionChanged(
-                f"run '{run_id}' was checkpointed by pipeline version {', '.join(others)}; "
-                f"this server runs version {pipeline.version}: retry it with from_step set "
-                "to the first changed step, or submit it anew",
-                versions={"checkpoints": others, "server": pipeline.version},
-            )
+        reused = reused_steps(pipeline, run_id, from_step, found)
         run = queued_run(
-            self.deployment, data, original.webhook_url, None, original.request.get("client"),
-            retry_of=run_id, from_step=from_step,
+            self.deployment, data, original.webhook_url, idempotency_key,
+            original.request.get("client"), retry_of=run_id, from_step=from_step,
         )  # fmt: skip
-        stored_run, _ = await self._queue(run, (run_id, reused))
-        return stored_run
+        return await self._queue(run, (run_id, reused))
 
     async def _queue(
         self, run: Run, reuse: tuple[str, list[str]] | None = None

@@ -33,6 +33,7 @@ class Invoker:
         # Never reassigned: held here, one attribute hop less per request.
         self.models = service.models
         self.slots = service.slots
+        self.checkpoint = service.runs.checkpoint_invocation
 
     async def _acquire_slot(self) -> None:
         slots = self.slots
@@ -62,6 +63,8 @@ class Invoker:
         deadline = self.settings.timeout if data.timeout is None else data.timeout
         inv = runner.invocation(data)
         inv.deadline = time.monotonic() + deadline
+        if self.checkpoint is not None:
+            self.checkpoint(inv)
         # The scope's state dict itself: `request.state` builds a State object per request.
         request.scope["state"]["run_id"] = inv.run_id
         await self._acquire_slot()

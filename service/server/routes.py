@@ -228,9 +228,10 @@ def route_table(invoker: Invoker, about: About, runs: RunsAPI) -> tuple[Path, ..
                 "POST", runs.retry, "retry_run",
                 "Run an ended run again, restoring its checkpoints before from_step",
                 (Reply(202, "RunRetried", "Queued: the new run."),),
-                errors=(e.NotFound, e.Conflict, e.VersionChanged, e.ValidationFailed,
-                        e.TooManyRequests, e.ServiceUnavailable),
-                parameters=(RUN_ID_PARAMETER, _from_step_parameter(runs.models.step_names)),
+                errors=(e.BadRequest, e.NotFound, e.Conflict, e.VersionChanged,
+                        e.ValidationFailed, e.TooManyRequests, e.ServiceUnavailable),
+                parameters=(RUN_ID_PARAMETER, _from_step_parameter(runs.models.step_names),
+                            _IDEMPOTENCY_KEY),
             ),
         )),
         Path("/api/trigger/pipeline", (

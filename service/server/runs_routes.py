@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from service.errors import BadRequest, NotFound, ServiceError, ValidationFailed
 from service.runs.manager import RunManager
+from service.runs.model import Run
 from service.runs.records import render
 from service.sdk.requests import InvokeRequestData, RequestModels
 from service.sdk.serialize import dumps
@@ -53,25 +54,9 @@ class RunsAPI:
     async def submit(self, request: Request) -> Response:
         self.check_accepting()
         data, webhook_url = self.models.parse_submit(await request.body())
-        key = request.headers.get("idempotency-key")
-        if key is not None and not 0 < len(key) <= MAX_KEY_LENGTH:
-            message = f"must be 1 to {MAX_KEY_LENGTH} characters long"
-            raise BadRequest(
-                f"Idempotency-Key {message}",
-                errors=[{"loc": ["header", "Idempotency-Key"], "msg": message,
-                         "type": "string_length"}],
-            )  # fmt: skip
+        key = _idempotency_key(request)
         row, created = await self.runs.submit(data, webhook_url=webhook_url, idempotency_key=key)
-        request.state.run_id = row.run_id
-        status_url = str(request.url_for(RUN_ROUTE, run_id=row.run_id))
-        headers = {"Location": status_url}
-        if not created:
-            headers["Idempotent-Replayed"] = "true"
-        return JSONBody(
-            {"run_id": row.run_id, "status": row.status, "status_url": status_url},
-            status_code=202,
-            headers=headers,
-        )
+        return _queued(request, row, created)
 
     async def get(self, request: Request) -> Response:
         run_id = _run_id(request)
@@ -103,15 +88,9 @@ class RunsAPI:
         if unknown:
             raise _query_error(unknown[0], "unknown query parameter", "extra_forbidden")
         run_id = _run_id(request)
-        row = await self.runs.retry(run_id, query.get("from_step"))
-        request.state.run_id = row.run_id
-        status_url = str(request.url_for(RUN_ROUTE, run_id=row.run_id))
-        return JSONBody(
-            {"run_id": row.run_id, "status": row.status, "status_url": status_url,
-             "retry_of": run_id},
-            status_code=202,
-            headers={"Location": status_url},
-        )  # fmt: skip
+        key = _idempotency_key(request)
+        row, created = await self.runs.retry(run_id, query.get("from_step"), key)
+        return _queued(request, row, created, retry_of=run_id)
 
     async def events(self, request: Request) -> Response:
         run_id = _run_id(request)
@@ -229,3 +208,29 @@ def _int_param(value: str | None, loc: list[str], *, default: int, high: int, lo
     if not low <= number <= high:
         raise _param_error(loc, f"must be from {low} to {high}", "range")
     return number
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 0 < len(key) <= MAX_KEY_LENGTH:
+        message = f"must be 1 to {MAX_KEY_LENGTH} characters long"
+        raise BadRequest(
+            f"Idempotency-Key {message}",
+            errors=[{"loc": ["header", "Idempotency-Key"], "msg": message,
+                     "type": "string_length"}],
+        )  # fmt: skip
+    return key
+
+
+def _queued(request: Request, row: Run, created: bool, **extra: str) -> Response:
+    """202: the run is queued (or was, under this Idempotency-Key), at its `status_url`."""
+    request.state.run_id = row.run_id
+    status_url = str(request.url_for(RUN_ROUTE, run_id=row.run_id))
+    headers = {"Location": status_url}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONBody(
+        {"run_id": row.run_id, "status": row.status, "status_url": status_url, **extra},
+        status_code=202,
+        headers=headers,
+    )

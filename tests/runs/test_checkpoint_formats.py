@@ -23,6 +23,7 @@ from service.runs.checkpoint_formats import (
     Format,
     decode,
     encode,
+    least_size,
 )
 
 
@@ -356,3 +357,12 @@ def test_import_does_not_load_numpy_or_pandas() -> None:
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_least_size_is_a_lower_bound_known_without_encoding() -> None:
+    array = np.zeros((100, 100))
+    values = (array, b"abc", "héllo", {"not": "counted"})
+    least = least_size(values)
+    assert least == array.nbytes + 3 + 5
+    encoded = encode(values)
+    assert encoded is not None and encoded.size >= least

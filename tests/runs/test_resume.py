@@ -69,11 +69,13 @@ class Resumed:
     events: list[str]
 
 
-def kill_and_resume(servers: ServerFactory, tmp_path: Path, spec: str, held_at: str) -> Resumed:
+def kill_and_resume(
+    servers: ServerFactory, tmp_path: Path, spec: str, held_at: str, *args: str
+) -> Resumed:
     """A run held at the step that logs `held_at`, its server SIGKILLed under it, the step
     let through, and another server started on the same run store: the run as it ends."""
     url = f"sqlite:///{tmp_path / 'runs.db'}"
-    first = start(servers, url, spec)
+    first = start(servers, url, spec, *args)
     with first.client() as http:
         expected = run_through(http, tmp_path, "baseline")
         run_id, log, gate = submit_held(http, tmp_path, held_at)
@@ -81,7 +83,7 @@ def kill_and_resume(servers: ServerFactory, tmp_path: Path, spec: str, held_at: 
         assert held["status"] == "running" and held["attempt"] == 1
     first.stop(signal.SIGKILL)
     gate.touch()
-    second = start(servers, url, spec)
+    second = start(servers, url, spec, *args)
     with second.client() as http:
         record = wait_status(http, run_id, ENDED, timeout=40)
         events = [kind for _, kind, _ in read_events(http, run_id)]
@@ -139,6 +141,20 @@ def test_a_surviving_replica_resumes_the_dead_ones_run(
     assert counts(log, "s1", "s2", "s3", "s4") == [1, 1, 2, 1]
     assert record["outputs"] == expected["outputs"]
     assert record["steps"]["double"]["status"] == "restored"
+
+
+def test_a_step_beyond_max_checkpoint_bytes_runs_again_and_so_do_the_next(
+    servers: ServerFactory, tmp_path: Path
+) -> None:
+    # `start`'s output (21) takes 2 bytes; `double`'s dict more than 10.
+    spec = "tests.durable_pipelines:four_steps"
+    resumed = kill_and_resume(servers, tmp_path, spec, "s3", "--max-checkpoint-bytes", "10")
+    record = resumed.record
+    assert record["status"] == "succeeded" and record["outputs"] == resumed.expected["outputs"]
+    assert counts(resumed.log, "s1", "s2", "s3", "s4") == [1, 2, 2, 1]
+    steps = record["steps"]
+    assert (steps["start"]["status"], steps["double"]["status"]) == ("restored", "completed")
+    assert "checkpoint" not in steps["double"]
 
 
 def test_a_frame_and_a_fitted_model_are_restored_equal(

@@ -141,3 +141,33 @@ def test_a_resume_off_pipeline_keeps_no_checkpoints(servers: ServerFactory, tmp_
         assert "checkpoint" not in record["steps"]["block"]
         again = http.post(f"/runs/{run_id}/retry").json()
         assert wait_status(http, again["run_id"], ENDED)["steps"]["block"]["status"] == "completed"
+
+
+def test_an_invocation_with_checkpoints_is_retried_from_them(
+    servers: ServerFactory, tmp_path: Path
+) -> None:
+    """`--checkpoint-invocations`: a failed `/invoke` is retried as a batch run that
+    restores the steps the invocation finished; one Idempotency-Key queues one retry."""
+    server = servers.start("tests.durable_pipelines:checked", *FAST, "--checkpoint-invocations")
+    log, gate = tmp_path / "run.log", tmp_path / "fixed"
+    with server.client() as http:
+        params = {"log": str(log), "gate": str(gate)}
+        failed = http.post("/invoke", json={"parameters": params})
+        assert failed.status_code == 500 and failed.json()["error"]["step"] == "check"
+        run_id = failed.json()["metadata"]["run_id"]
+        assert failed.json()["metadata"]["steps"]["double"]["checkpoint"]["formats"] == ["json"]
+        gate.touch()
+        headers = {"Idempotency-Key": "fix-1"}
+        first = http.post(f"/runs/{run_id}/retry", headers=headers)
+        again = http.post(f"/runs/{run_id}/retry", headers=headers)
+        assert first.status_code == again.status_code == 202
+        assert again.json()["run_id"] == first.json()["run_id"]
+        assert again.headers["idempotent-replayed"] == "true"
+        record = wait_status(http, first.json()["run_id"], ENDED)
+        assert (
+            http.post(f"/runs/{run_id}/retry", headers={"Idempotency-Key": "x" * 300}).status_code
+            == 400
+        )
+    assert record["status"] == "succeeded", record
+    assert record["kind"] == "batch" and record["steps"]["start"]["status"] == "restored"
+    assert counts(log, "s1", "s2", "s3", "s4") == [1, 1, 2, 1]

@@ -151,20 +151,28 @@ def statuses(server: ServerProcess, key: str | None) -> list[int]:
         ]
 
 
-def eventually(check: Callable[[], bool], timeout: float = 5) -> None:
+def eventually(
+    check: Callable[[], bool],
+    timeout: float = 5,
+    failure: str = "the server did not pick up the keys file in time",
+) -> None:
     """The server looks at the keys file at most once a second."""
     deadline = time.monotonic() + timeout
     while not check():
-        assert time.monotonic() < deadline, "the server did not pick up the keys file in time"
+        assert time.monotonic() < deadline, failure
         time.sleep(0.1)
 
 
 def auth_log(server: ServerProcess) -> dict[str, Any]:
-    """The start-up line that says whether auth is on, and from where."""
-    lines: list[dict[str, Any]] = [
-        json.loads(line) for line in server.logs().splitlines() if line.startswith("{")
-    ]
-    (line,) = [line for line in lines if line["logger"] == "pipeserve.auth"][:1]
+    """The start-up line that says whether auth is on, and from where. Info lines reach
+    the log file at the next flush of the server's log buffer (every 0.2 s): wait for it."""
+
+    def found() -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in server.logs().splitlines() if line.startswith("{")]
+        return [line for line in lines if line["logger"] == "pipeserve.auth"][:1]
+
+    eventually(lambda: bool(found()), failure='no "pipeserve.auth" line in the log')
+    (line,) = found()
     return line
 
 

@@ -23,7 +23,7 @@ from service.runs.calls import StoreCalls, until_done
 from service.runs.checkpointer import Checkpoints, RunCheckpointer
 from service.runs.model import Claim, NewEvent, RunEnd, Steps
 from service.runs.recorder import Recorder
-from service.runs.records import finished_values
+from service.runs.records import finished_values, rerun_request
 from service.runs.records import step_records as live_steps
 from service.runs.store import (
     RunStore,
@@ -39,9 +39,6 @@ from service.sdk.runner import Invocation, Runner, StepEvent
 from service.settings import Settings
 
 logger = logging.getLogger("pipeserve.runs")
-
-# The request fields a stored run is validated and run with again.
-REQUEST_FIELDS = ("parameters", "steps", "until", "timeout")
 
 
 @dataclass(eq=False)
@@ -179,9 +176,8 @@ class Dispatcher:
         self.active[run.run_id] = active
         inv: Invocation | None = None
         try:
-            stored_request = {k: v for k, v in run.request.items() if k in REQUEST_FIELDS}
             try:
-                data = self.models.parse_invoke_object(stored_request)
+                data = self.models.parse_invoke_object(rerun_request(run))
             except ValidationFailed as exc:
                 # Stored under an older version of the pipeline, whose parameters differ.
                 await self._end(active, _failed_values(exc.body()))
@@ -229,8 +225,7 @@ class Dispatcher:
     async def _run(self, active: ActiveRun, inv: Invocation, deadline: float) -> None:
         """The pipeline, until it ends, its deadline passes, or a cancel stops it."""
         assert self.runner is not None
-        inv.deadline = time.monotonic() + deadline
-        inner = active.task = asyncio.create_task(self.runner.run(inv))
+        inner = active.task = asyncio.create_task(self.runner.run(inv, deadline))
         try:
             async with asyncio.timeout(deadline):
                 await inner

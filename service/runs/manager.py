@@ -40,13 +40,12 @@ from service.errors import (
 from service.observe.metrics import Metrics
 from service.runs.calls import StoreCalls
 from service.runs.cursor import CURSOR_PATTERN, decode_cursor, encode_cursor
-from service.runs.execution import REQUEST_FIELDS as _REQUEST_FIELDS
 from service.runs.execution import Dispatcher
 from service.runs.leases import LeaseKeeper
 from service.runs.model import NewEvent, Run
 from service.runs.outbox import WebhookOutbox
 from service.runs.recorder import Recorder
-from service.runs.records import Deployment, queued_run, render
+from service.runs.records import Deployment, queued_run, render, rerun_request
 from service.runs.reruns import check_ended, check_from_step, reused_steps
 from service.runs.retention import Retention
 from service.runs.store import (
@@ -209,8 +208,8 @@ class RunManager:
         check_from_step(pipeline, from_step)
         original = await self.require(run_id)
         check_ended(original)
-        stored = {k: v for k, v in original.request.items() if k in _REQUEST_FIELDS}
-        data = self._dispatch.models.parse_invoke_object(stored)  # 422: no longer valid
+        # 422 if it no longer fits this version's parameters.
+        data = self._dispatch.models.parse_invoke_object(rerun_request(original))
         # An `/invoke` run's checkpoints may still be in the write-behind buffer.
         with contextlib.suppress(Exception):
             await self.recorder.flush()

@@ -212,24 +212,44 @@ class Recorder:
             "the run store refused a batch of records; writing them one at a time",
             extra={"error": first_line(cause)},
         )
-        by_run: dict[str, list[NewEvent]] = {}
+        events: dict[str, list[NewEvent]] = {}
         for event in new_events:
-            by_run.setdefault(event.run_id, []).append(event)
+            events.setdefault(event.run_id, []).append(event)
+        checkpoints: dict[str, list[Checkpoint]] = {}
+        for checkpoint in saved:
+            checkpoints.setdefault(checkpoint.run_id, []).append(checkpoint)
         now = time.time()
-        parts: list[tuple[str, tuple[Any, ...]]] = [
-            *((run_id, ([row], [], {}, now)) for run_id, row in finished.items()),
-            *((run_id, ([], events, {}, now)) for run_id, events in by_run.items()),
-            *((run_id, ([], [], {run_id: steps}, now)) for run_id, steps in progress.items()),
-            *((c.run_id, ([], [], {}, now, [c])) for c in saved),
-        ]
-        for run_id, args in parts:
-            try:
-                await self._call(self.store.write_batch, *args)
-                self._written(args[4] if len(args) > 4 else [])
-            except Exception as exc:
-                if is_transient(exc):
-                    raise
-                self._drop("refused", run_id=run_id, error=first_line(exc))
+        for run_id, row in finished.items():
+            await self._write_or_drop(run_id, [row], [], {}, now)
+        for run_id in {**events, **checkpoints}:
+            # A run's checkpoints with its events, as always; if that is refused, the
+            # events alone, and the checkpoints are dropped (their steps would run again).
+            ours = checkpoints.get(run_id, [])
+            if not await self._write_or_drop(run_id, [], events.get(run_id, []), {}, now, ours):
+                if ours and events.get(run_id):
+                    await self._write_or_drop(run_id, [], events[run_id], {}, now)
+        for run_id, steps in progress.items():
+            await self._write_or_drop(run_id, [], [], {run_id: steps}, now)
+
+    async def _write_or_drop(
+        self,
+        run_id: str,
+        rows: Sequence[Any],
+        events: Sequence[NewEvent],
+        progress: Mapping[str, Steps],
+        now: float,
+        saved: Sequence[Checkpoint] = (),
+    ) -> bool:
+        """One part of a refused batch: written, or dropped if refused again (False)."""
+        try:
+            await self._call(self.store.write_batch, rows, events, progress, now, saved)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            self._drop("refused", run_id=run_id, error=first_line(exc))
+            return False
+        self._written(saved)
+        return True
 
     def _written(self, saved: Sequence[Checkpoint]) -> None:
         if saved:

@@ -61,6 +61,15 @@ def request_document(data: InvokeRequestData, **extra: Any) -> dict[str, Any]:
     return document
 
 
+# The fields of a stored request that a run runs with: not its client, nor what it retries.
+_RUN_FIELDS = ("parameters", "steps", "until", "timeout")
+
+
+def rerun_request(run: Run) -> dict[str, Any]:
+    """A stored run's request, to validate and run again (its claim, or a retry of it)."""
+    return {k: v for k, v in run.request.items() if k in _RUN_FIELDS}
+
+
 def queued_run(
     deployment: Deployment,
     data: InvokeRequestData,

@@ -85,7 +85,8 @@ class CheckpointQueries(Database):
         return [Checkpoint(**_as_checkpoint(row._asdict())) for row in rows]
 
     def checkpoint_summaries(self, run_id: str) -> dict[str, dict[str, Any]]:
-        """What a run's checkpoints are, without their bytes: step to attempt, formats, size."""
+        """What a run's checkpoints are, without their bytes: step to attempt, version,
+        formats, size."""
         with self._read() as conn:
             rows = conn.execute(
                 sa.select(
@@ -93,7 +94,6 @@ class CheckpointQueries(Database):
                     checkpoints.c.attempt,
                     checkpoints.c.formats,
                     checkpoints.c.sizes,
-                    checkpoints.c.location,
                     checkpoints.c.pipeline_version,
                 ).where(checkpoints.c.run_id == run_id)
             ).all()
@@ -103,7 +103,6 @@ class CheckpointQueries(Database):
                 "pipeline_version": row.pipeline_version,
                 "formats": list(row.formats),
                 "bytes": sum(row.sizes),
-                "stored_in": "object_store" if row.location else "database",
             }
             for row in rows
         }

@@ -181,8 +181,8 @@ def _requeue_or_give_up(
     `max_attempts` times, fail it as `too_many_attempts` with that history."""
     history = [*(row.attempts or []), {"attempt": row.attempt, "owner": row.owner,
                "started_at": row.started_at, "ended_at": now, "reason": reason}]  # fmt: skip
+    conn.execute(runs.update().where(runs.c.run_id == row.run_id).values(attempts=history))
     if row.attempt < max_attempts:
-        conn.execute(runs.update().where(runs.c.run_id == row.run_id).values(attempts=history))
         return "requeued" if _requeue(conn, row.run_id, now, owner) else ""
     values = interrupted_values(now, row.started_at, row.steps, bool(row.webhook_url))
     values["error"] = {
@@ -191,7 +191,6 @@ def _requeue_or_give_up(
         f"{max_attempts}): it is not run again",
         "attempts": history,
     }
-    conn.execute(runs.update().where(runs.c.run_id == row.run_id).values(attempts=history))
     _fail(conn, row.run_id, values, now, recovered=owner is None)
     return "failed"
 

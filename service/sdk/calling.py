@@ -68,11 +68,9 @@ class StepCalls:
             )
         return kwargs
 
-    def _accept(
-        self, inv: Invocation, i: int, record: StepRecord, t0: float, result: Any
-    ) -> StepEvent | None:
-        """Take a step's result as its outputs: its `step_finished` event, or None if the
-        result does not match the outputs it declares (the step failed)."""
+    def _accept(self, inv: Invocation, i: int, record: StepRecord, t0: float, result: Any) -> bool:
+        """Take a step's result as its outputs; False if it does not match the outputs the
+        step declares (the step failed)."""
         node = self.nodes[i]
         record.duration = time.perf_counter() - t0
         n_outputs = len(node.step.output_names)
@@ -91,17 +89,26 @@ class StepCalls:
                     f"{n_outputs} outputs {list(node.step.output_names)}"
                 ),
             )
-            return None
+            return False
         record.status = "completed"
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "step finished",
                 extra={"run_id": inv.run_id, "step": node.name, "duration": record.duration},
             )
-        return StepEvent(inv.run_id, "step_finished", node.name, time.time(), record.duration)
+        return True
 
-    def _checkpointer(self, inv: Invocation, i: int) -> Checkpointer | None:
-        return inv.checkpointer if self.nodes[i].step.checkpoint else None
+    def _announce(self, inv: Invocation, i: int, record: StepRecord) -> Checkpointer | None:
+        """Tell the listener the step finished, unless a checkpointer (returned) must: it
+        writes the event with the checkpoint. An `/invoke` run has neither: nothing is made."""
+        checkpointer = inv.checkpointer if self.nodes[i].step.checkpoint else None
+        if checkpointer is None and inv.listener is not None:
+            inv.listener(self._finished_event(inv, i, record))
+        return checkpointer
+
+    def _finished_event(self, inv: Invocation, i: int, record: StepRecord) -> StepEvent:
+        name = self.nodes[i].name
+        return StepEvent(inv.run_id, "step_finished", name, time.time(), record.duration)
 
     def _retry_delay(
         self, inv: Invocation, i: int, record: StepRecord, exc: Exception
@@ -151,14 +158,12 @@ class StepCalls:
                     record.status = "cancelled"
                     record.duration = time.perf_counter() - t0
                     return False
-        event = self._accept(inv, i, record, t0, result)
-        if event is None:
+        if not self._accept(inv, i, record, t0, result):
             return False
-        checkpointer = self._checkpointer(inv, i)
+        checkpointer = self._announce(inv, i, record)
         if checkpointer is not None:
+            event = self._finished_event(inv, i, record)
             checkpointer.save(event, record, inv.values[i] or (), bool(inv.plan.downstream[i]))
-        elif inv.listener is not None:
-            inv.listener(event)
         return True
 
     async def run_async(self, inv: Invocation, i: int) -> bool:
@@ -180,14 +185,12 @@ class StepCalls:
             record.status = "cancelled"
             record.duration = time.perf_counter() - t0
             raise
-        event = self._accept(inv, i, record, t0, result)
-        if event is None:
+        if not self._accept(inv, i, record, t0, result):
             return False
-        checkpointer = self._checkpointer(inv, i)
+        checkpointer = self._announce(inv, i, record)
         if checkpointer is not None:
+            event = self._finished_event(inv, i, record)
             await checkpointer.save_async(
                 event, record, inv.values[i] or (), bool(inv.plan.downstream[i])
             )
-        elif inv.listener is not None:
-            inv.listener(event)
         return True

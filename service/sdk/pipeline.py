@@ -262,36 +262,31 @@ def downstream_of(pipeline: Pipeline, name: str) -> set[str]:
     return {pipeline.steps[i].name for i in found}
 
 
+class PipelineOptions(typing.TypedDict, total=False):
+    """What `@pipeline(...)` takes: `Pipeline`'s keyword parameters, defaults there."""
+
+    name: str | None
+    on_init: Callable[..., Any] | None
+    on_cleanup: Callable[..., Any] | None
+    version: str | None
+    retry_safe: bool
+    resume: bool
+    max_attempts: int
+    on_version_change: VersionChange
+
+
 @typing.overload
 def pipeline(func: Callable[..., Any], /) -> Pipeline: ...
 
 
 @typing.overload
 def pipeline(
-    *,
-    name: str | None = None,
-    on_init: Callable[..., Any] | None = None,
-    on_cleanup: Callable[..., Any] | None = None,
-    version: str | None = None,
-    retry_safe: bool = False,
-    resume: bool = True,
-    max_attempts: int = 3,
-    on_version_change: VersionChange = "fail",
+    **options: typing.Unpack[PipelineOptions],
 ) -> Callable[[Callable[..., Any]], Pipeline]: ...
 
 
 def pipeline(
-    func: Callable[..., Any] | None = None,
-    /,
-    *,
-    name: str | None = None,
-    on_init: Callable[..., Any] | None = None,
-    on_cleanup: Callable[..., Any] | None = None,
-    version: str | None = None,
-    retry_safe: bool = False,
-    resume: bool = True,
-    max_attempts: int = 3,
-    on_version_change: VersionChange = "fail",
+    func: Callable[..., Any] | None = None, /, **options: typing.Unpack[PipelineOptions]
 ) -> Pipeline | Callable[[Callable[..., Any]], Pipeline]:
     """Trace a pipeline function into a servable `Pipeline`.
 
@@ -309,17 +304,7 @@ def pipeline(
     """
 
     def wrap(f: Callable[..., Any]) -> Pipeline:
-        return Pipeline(
-            f,
-            name=name,
-            on_init=on_init,
-            on_cleanup=on_cleanup,
-            version=version,
-            retry_safe=retry_safe,
-            resume=resume,
-            max_attempts=max_attempts,
-            on_version_change=on_version_change,
-        )
+        return Pipeline(f, **options)
 
     if func is not None:
         return wrap(func)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import TypedDict
 
 from service.errors import PipelineDefinitionError
 
@@ -16,8 +17,19 @@ from service.errors import PipelineDefinitionError
 TRANSIENT: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
 
 
+class RetryOptions(TypedDict, total=False):
+    """What `@step(...)` takes of a retry policy: `StepRetries`' fields, defaults there."""
+
+    retries: int
+    retry_delay: float
+    backoff: float
+    max_delay: float
+    retry_on: tuple[type[BaseException], ...]
+    jitter: float
+
+
 @dataclass(frozen=True, slots=True)
-class RetryPolicy:
+class StepRetries:
     retries: int = 0
     retry_delay: float = 1.0
     backoff: float = 2.0
@@ -38,7 +50,10 @@ class RetryPolicy:
             )
             if not ok
         ]
-        if not all(isinstance(t, type) and issubclass(t, BaseException) for t in self.retry_on):
+        retry_on: object = self.retry_on
+        if not isinstance(retry_on, tuple) or not all(
+            isinstance(t, type) and issubclass(t, BaseException) for t in retry_on
+        ):
             wrong.append(f"retry_on={self.retry_on!r} (exception classes expected)")
         if wrong:
             raise PipelineDefinitionError(f"step '{step_name}': invalid {', '.join(wrong)}")

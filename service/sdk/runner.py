@@ -52,8 +52,9 @@ class Runner:
         self.executor = executor
         self.state = state
         self._nodes = pipeline.steps
-        self._needs_cancel_event = any(
-            n.step.context_parameter is not None or n.step.retry.retries for n in pipeline.steps
+        self._retries = any(n.step.retry.retries for n in pipeline.steps)
+        self._needs_cancel_event = self._retries or any(
+            n.step.context_parameter is not None for n in pipeline.steps
         )
         self._calls = StepCalls(pipeline, state)
         # Plans for `until` are made on first use: a cache, not shared mutable state.
@@ -79,8 +80,11 @@ class Runner:
             cancel_event=threading.Event() if self._needs_cancel_event else None,
         )
 
-    async def run(self, inv: Invocation) -> Invocation:
-        """Run to the end; on outside cancellation (a timeout), stop starting steps and re-raise."""
+    async def run(self, inv: Invocation, deadline: float | None = None) -> Invocation:
+        """Run to the end; on outside cancellation (a timeout), stop starting steps and
+        re-raise. `deadline`: the caller's timeout in seconds, past which no retry starts."""
+        if deadline is not None and self._retries:
+            inv.deadline = time.monotonic() + deadline
         inv.status = "running"
         inv.started_at = time.time()
         t0 = time.perf_counter()

@@ -8,10 +8,10 @@ import typing
 from collections.abc import Callable, Coroutine, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, Unpack, overload
 
 from service.errors import PipelineDefinitionError
-from service.sdk.retries import TRANSIENT, RetryPolicy
+from service.sdk.retries import RetryOptions, StepRetries
 
 if TYPE_CHECKING:
     from service.sdk.tracing import Tracer
@@ -31,7 +31,6 @@ Async = Coroutine[Any, Any, T]
 active_tracer: ContextVar[Tracer | None] = ContextVar("pipeserve_tracer", default=None)
 
 EMPTY: Any = inspect.Parameter.empty
-NO_RETRY = RetryPolicy()
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,14 +109,14 @@ class Step(Generic[F]):
         name: str | None = None,
         *,
         checkpoint: bool = True,
-        retry: RetryPolicy = NO_RETRY,
+        **retry: Unpack[RetryOptions],
     ) -> None:
         self.func = func
         self.name = name or func.__name__
         # Whether a batch run stores this step's outputs, to restore them on resume.
         self.checkpoint = checkpoint
-        retry.check(self.name)
-        self.retry = retry
+        self.retry = StepRetries(**retry)
+        self.retry.check(self.name)
         self.is_async = inspect.iscoroutinefunction(func)
         try:
             hints = typing.get_type_hints(func, include_extras=True)
@@ -246,36 +245,23 @@ class Step(Generic[F]):
         return f"<Step {self.name}>"
 
 
+class StepOptions(RetryOptions, total=False):
+    """What `@step(...)` takes: a name, `checkpoint`, and a retry policy's fields."""
+
+    name: str | None
+    checkpoint: bool
+
+
 @overload
 def step(func: F, /) -> Step[F]: ...
 
 
 @overload
-def step(
-    *,
-    name: str | None = None,
-    checkpoint: bool = True,
-    retries: int = 0,
-    retry_delay: float = 1.0,
-    backoff: float = 2.0,
-    max_delay: float = 60.0,
-    retry_on: tuple[type[BaseException], ...] = TRANSIENT,
-    jitter: float = 0.1,
-) -> Callable[[F], Step[F]]: ...
+def step(**options: Unpack[StepOptions]) -> Callable[[F], Step[F]]: ...
 
 
 def step(
-    func: F | None = None,
-    /,
-    *,
-    name: str | None = None,
-    checkpoint: bool = True,
-    retries: int = 0,
-    retry_delay: float = 1.0,
-    backoff: float = 2.0,
-    max_delay: float = 60.0,
-    retry_on: tuple[type[BaseException], ...] = TRANSIENT,
-    jitter: float = 0.1,
+    func: F | None = None, /, **options: Unpack[StepOptions]
 ) -> Step[F] | Callable[[F], Step[F]]:
     """Make a function (`def` or `async def`) a pipeline step.
 
@@ -292,10 +278,9 @@ def step(
     step's outputs (say, a value too large or not to be pickled), so a resumed run runs
     the step again.
     """
-    policy = RetryPolicy(retries, retry_delay, backoff, max_delay, tuple(retry_on), jitter)
 
     def wrap(f: F) -> Step[F]:
-        return Step(f, name=name, checkpoint=checkpoint, retry=policy)
+        return Step(f, **options)
 
     if func is not None:
         return wrap(func)

@@ -62,7 +62,6 @@ class Invoker:
         # The models hold a requested timeout to max_timeout already (a 422 otherwise).
         deadline = self.settings.timeout if data.timeout is None else data.timeout
         inv = runner.invocation(data)
-        inv.deadline = time.monotonic() + deadline
         if self.checkpoint is not None:
             self.checkpoint(inv)
         # The scope's state dict itself: `request.state` builds a State object per request.
@@ -72,7 +71,7 @@ class Invoker:
             async with timeout(deadline) as clock:
                 service.clocks.add(clock)
                 try:
-                    await runner.run(inv)
+                    await runner.run(inv, deadline)
                 finally:
                     service.clocks.discard(clock)
         except TimeoutError:

@@ -71,3 +71,30 @@ def test_until_done_raises_what_is_not_the_database_being_out_of_reach() -> None
     with pytest.raises(KeyError):
         asyncio.run(until_done(attempt, max_wait=0.01))
     assert tries == 3
+
+
+def test_a_refused_checkpoint_is_dropped_alone_and_its_events_still_written(
+    postgres_url: str,
+) -> None:
+    """PostgreSQL refuses a step name beyond the column's 255 characters: the flush writes
+    the batch again one run at a time, and then the run's events without its checkpoint."""
+    from service.runs.model import Checkpoint
+    from tests.runs.test_store import opened, queued_run
+
+    store = opened(postgres_url, "d")
+    run, first = queued_run()
+    store.submit(run, first, 10)
+    metrics = Metrics("p", "v1")
+    recorder = _recorder(store, metrics)
+    recorder.add_event(_event(run.run_id))
+    recorder.add_checkpoint(Checkpoint(
+        run_id=run.run_id, step="s" * 300, attempt=1, pipeline_version="v1",
+        formats=["json"], sizes=[1], created_at=time.time(), data=b"1",
+    ))  # fmt: skip
+    asyncio.run(recorder.flush())
+    assert [e.kind for e in store.events_after(run.run_id, 0)] == ["queued", "step_started"]
+    assert store.checkpoints(run.run_id) == []
+    assert metrics.registry is not None
+    dropped = {"reason": "refused"}
+    assert metrics.registry.get_sample_value("pipeserve_run_records_dropped_total", dropped) == 1
+    store.close()

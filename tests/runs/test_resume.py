@@ -67,6 +67,7 @@ class Resumed:
     record: dict[str, Any]  # the resumed run's
     log: Path
     events: list[str]
+    metrics: str  # the second server's, once the run ended
 
 
 def kill_and_resume(
@@ -87,7 +88,8 @@ def kill_and_resume(
     with second.client() as http:
         record = wait_status(http, run_id, ENDED, timeout=40)
         events = [kind for _, kind, _ in read_events(http, run_id)]
-    return Resumed(expected, record, log, events)
+        metrics = http.get("/metrics").text
+    return Resumed(expected, record, log, events, metrics)
 
 
 def test_a_killed_run_resumes_from_its_last_finished_step(
@@ -109,6 +111,7 @@ def test_a_killed_run_resumes_from_its_last_finished_step(
     # The tuple crossed no checkpoint here, but has one for the next attempt.
     assert steps["hold"]["checkpoint"]["formats"] == ["pickle"]
     assert steps["finish"]["status"] == "completed"
+    assert 'pipeserve_checkpoints_total{outcome="restored"} 2.0' in resumed.metrics
     [interrupted] = record["interrupted_attempts"]
     assert (interrupted["attempt"], interrupted["reason"]) == (1, "lease_expired")
     # The first attempt's events (its last `step_started`, written behind, may have died

@@ -3,6 +3,8 @@ re-runs an ended run from a step, restoring the checkpoints of the steps before 
 
 from __future__ import annotations
 
+import itertools
+import time
 from pathlib import Path
 
 from service.client import Client, ConflictError, NotFoundError, ValidationError
@@ -30,6 +32,10 @@ def test_a_batch_runs_retries_are_in_its_record_events_and_metrics(
         ("flaky", 2, "ConnectionError"),
     ]
     assert 0.27 <= retrying[0]["delay"] <= 0.3 and 0.54 <= retrying[1]["delay"] <= 0.6
+    # The waits the step really saw, from the times each try wrote to the side file.
+    at = [float(line.split()[1]) for line in log.read_text().splitlines()]
+    gaps = [b - a for a, b in itertools.pairwise(at)]
+    assert all(r["delay"] <= g <= r["delay"] + 0.25 for g, r in zip(gaps, retrying, strict=True))
     assert 'pipeserve_step_retries_total{pipeline="retried",step="flaky"} 2.0' in metrics
 
 
@@ -171,3 +177,58 @@ def test_an_invocation_with_checkpoints_is_retried_from_them(
     assert record["status"] == "succeeded", record
     assert record["kind"] == "batch" and record["steps"]["start"]["status"] == "restored"
     assert counts(log, "s1", "s2", "s3", "s4") == [1, 1, 2, 1]
+
+
+def test_retention_deletes_a_pruned_runs_objects(servers: ServerFactory, tmp_path: Path) -> None:
+    objects = tmp_path / "objects"
+    server = servers.start(
+        "tests.durable_pipelines:four_steps", *FAST,
+        "--checkpoint-url", objects.as_uri(), "--checkpoint-inline-bytes", "0",
+        "--retention-max-runs", "1", "--retention-interval", "0.2",
+    )  # fmt: skip
+    gate = tmp_path / "open"
+    gate.touch()
+    with server.client() as http:
+        ids = []
+        for name in ("old", "new"):
+            params = {"log": str(tmp_path / f"{name}.log"), "gate": str(gate)}
+            ids.append(http.post("/runs", json={"parameters": params}).json()["run_id"])
+            assert wait_status(http, ids[-1], ENDED)["status"] == "succeeded"
+        deadline = time.monotonic() + 10
+        while (objects / ids[0]).exists() and any((objects / ids[0]).iterdir()):
+            assert time.monotonic() < deadline, "the pruned run's objects are still there"
+            time.sleep(0.1)
+        assert http.get(f"/runs/{ids[0]}").status_code == 404
+    # The newest run is kept, and so are its objects.
+    assert sorted(p.name for p in (objects / ids[1]).iterdir()) == [
+        "double.1", "finish.1", "hold.1", "start.1",
+    ]  # fmt: skip
+
+
+def test_without_pickle_no_pickle_is_written_nor_read(
+    servers: ServerFactory, tmp_path: Path
+) -> None:
+    """`hold`'s output is a tuple: only pickle holds it. A server with pickle off neither
+    restores the pickle another wrote, nor writes one: the step runs again."""
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    spec = "tests.durable_pipelines:four_steps"
+    log, gate = tmp_path / "run.log", tmp_path / "open"
+    gate.touch()
+    trusting = servers.start(spec, "--database-url", url, *FAST)
+    with trusting.client() as http:
+        params = {"log": str(log), "gate": str(gate)}
+        run_id = http.post("/runs", json={"parameters": params}).json()["run_id"]
+        original = wait_status(http, run_id, ENDED)
+    assert original["steps"]["hold"]["checkpoint"]["formats"] == ["pickle"]
+    trusting.stop()
+    wary = servers.start(spec, "--database-url", url, *FAST, "--no-checkpoint-pickle")
+    with wary.client() as http:
+        retried = http.post(f"/runs/{run_id}/retry").json()["run_id"]
+        record = wait_status(http, retried, ENDED)
+    assert record["status"] == "succeeded" and record["outputs"] == original["outputs"]
+    steps = record["steps"]
+    assert [steps[n]["status"] for n in ("start", "double", "hold", "finish")] == [
+        "restored", "restored", "completed", "completed",
+    ]  # fmt: skip
+    assert "checkpoint" not in steps["hold"]  # not written as pickle either
+    assert counts(log, "s1", "s2", "s3", "s4") == [1, 1, 2, 2]

@@ -40,8 +40,7 @@ def test_checkpoints_are_written_with_their_event_and_read_back(database_url: st
     assert [e.kind for e in store.events_after(run.run_id, 0)] == ["queued", "step_finished"]
     summaries = store.checkpoint_summaries(run.run_id)
     assert summaries == {
-        "a": {"attempt": 1, "pipeline_version": "v1", "formats": ["json"],
-              "bytes": len(blob), "stored_in": "database"},
+        "a": {"attempt": 1, "pipeline_version": "v1", "formats": ["json"], "bytes": len(blob)},
     }  # fmt: skip
     assert store.forget_checkpoints(run.run_id) == []
     assert store.checkpoints(run.run_id) == []

@@ -11,7 +11,7 @@ import pytest
 
 from service import run_pipeline, step
 from service.errors import PipelineDefinitionError
-from service.sdk.retries import RetryPolicy
+from service.sdk.retries import StepRetries
 from tests.durable_pipelines import not_retried, retried
 
 
@@ -53,12 +53,12 @@ def test_an_error_the_policy_does_not_name_is_not_retried(tmp_path: Path) -> Non
 
 
 def test_delays_grow_to_their_cap_and_jitter_only_shortens_them() -> None:
-    policy = RetryPolicy(retries=10, retry_delay=1.0, backoff=3.0, max_delay=20.0, jitter=0.2)
+    policy = StepRetries(retries=10, retry_delay=1.0, backoff=3.0, max_delay=20.0, jitter=0.2)
     rng = random.Random(7)
     for retry, full in ((1, 1.0), (2, 3.0), (3, 9.0), (4, 20.0), (9, 20.0)):
         delay = policy.delay(retry, rng)
         assert full * 0.8 <= delay <= full
-    assert RetryPolicy(jitter=0.0).delay(1) == 1.0
+    assert StepRetries(jitter=0.0).delay(1) == 1.0
     assert policy.retries_on(ConnectionError(), 10)
     assert not policy.retries_on(ConnectionError(), 11)
     assert not policy.retries_on(ValueError(), 1)
@@ -74,6 +74,7 @@ def test_delays_grow_to_their_cap_and_jitter_only_shortens_them() -> None:
         ({"jitter": 2.0}, "jitter=2.0"),
         ({"retry_delay": -1.0}, "retry_delay=-1.0"),
         ({"retry_on": (ValueError, "oops")}, "retry_on="),
+        ({"retry_on": ConnectionError}, "retry_on="),  # a class, not a tuple of them
     ],
 )
 def test_a_policy_no_run_could_follow_is_refused_at_definition(
